@@ -1,0 +1,55 @@
+"""Batched descriptor extraction over a split: DataLoader workers decode while the model runs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data import Failure, ImageDataset, collate_skip_bad
+
+log = logging.getLogger(__name__)
+
+
+def extract_descriptors(
+    dataset: ImageDataset,
+    model: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str | torch.device = "cpu",
+    desc: str = "extract",
+) -> tuple[np.ndarray, list[Failure]]:
+    """Run ``model`` over every image of ``dataset``; returns ``(N, D)`` float32 rows in dataset order.
+
+    Unreadable images are skipped, reported (id + reason) and left as all-zero rows, so they match
+    nothing instead of stopping a long run.
+    """
+    device = torch.device(device)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_skip_bad,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    out: np.ndarray | None = None
+    failures: list[Failure] = []
+    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img") as bar:
+        for batch, positions, bad in loader:
+            failures.extend(bad)
+            if batch is not None:
+                feats = model(batch.to(device, non_blocking=True)).float().cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(dataset), feats.shape[1]), np.float32)
+                out[positions.numpy()] = feats
+            bar.update(len(positions) + len(bad))
+    if out is None:
+        raise RuntimeError(f"no readable image in {dataset.split} ({len(failures)} failed)")
+    for f in failures:
+        log.warning("skipped %s image %s: %s", dataset.split, f.image_id, f.reason)
+    return out, failures

@@ -1,0 +1,137 @@
+"""Metrics against the design-note reference case and a slow, literal re-implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from landmark_kit.metrics import global_average_precision, retrieval_metrics, top1_accuracy
+
+
+def _frame(preds: dict) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"id": list(preds), "landmark_id": [v[0] for v in preds.values()], "score": [v[1] for v in preds.values()]}
+    )
+
+
+SOLUTION = {"A": [0, 12], "B": [100, 200, 300], "C": [1], "D": [], "E": []}
+PREDICTIONS = {"B": (0, 0.01), "C": (1, 10.0), "D": (150, 15.0)}
+
+
+def test_reference_case_from_design_notes():
+    pred = _frame(PREDICTIONS)
+    assert global_average_precision(pred, SOLUTION) == pytest.approx(0.166667, abs=1e-6)
+    assert global_average_precision(pred, SOLUTION, ignore_non_landmarks=True) == pytest.approx(0.333333, abs=1e-6)
+    assert top1_accuracy(pred, SOLUTION) == pytest.approx(0.333333, abs=1e-6)
+
+
+def test_gap_ties_broken_by_id_then_label():
+    solution = {"a": [1], "b": [2]}
+    # equal scores: "a" ranks first by id, so a wrong "a" costs the right "b" half its precision
+    pred = _frame({"b": (2, 1.0), "a": (9, 1.0)})
+    assert global_average_precision(pred, solution) == pytest.approx(0.5 / 2)
+    pred = _frame({"b": (2, 1.0), "a": (1, 1.0)})
+    assert global_average_precision(pred, solution) == pytest.approx(1.0)
+
+
+def test_gap_rejects_unknown_ids_and_nan():
+    with pytest.raises(ValueError, match="not in the solution"):
+        global_average_precision(_frame({"Z": (1, 1.0)}), SOLUTION)
+    with pytest.raises(ValueError, match="NaN"):
+        global_average_precision(_frame({"A": (0, float("nan"))}), SOLUTION)
+
+
+def test_map_hand_case_duplicates_skipped_rank_advances():
+    solution = {"q1": ["a", "b"], "q2": ["c"], "q3": ["d"]}
+    predictions = {"q1": ["a", "a", "x", "b"], "q2": ["y", "c"]}  # q3 has no prediction -> 0
+    # q1: a@1 -> 1/1, duplicate a@2 skipped, b@4 -> 2/4; AP = 1.5/2. q2: c@2 -> 1/2.
+    result = retrieval_metrics(predictions, solution)
+    assert result["mAP@100"] == pytest.approx((0.75 + 0.5 + 0.0) / 3)
+    assert result["precision@k"][0] == pytest.approx(1 / 3)
+    assert result["mean_first_hit"] == pytest.approx((1 + 2 + 101) / 3)
+    assert result["median_first_hit"] == 2
+
+
+def test_map_only_first_100_count_and_gt_capped_at_100():
+    gt = [f"g{i}" for i in range(150)]
+    preds = [f"g{i}" for i in range(99)] + ["junk", "g120"]
+    result = retrieval_metrics({"q": preds}, {"q": gt})
+    assert result["mAP@100"] == pytest.approx(99 / 100)
+
+
+# ---------------------------------------------------------------------------- brute force, read literally
+
+
+def brute_gap(predictions: dict, solution: dict, ignore: bool = False) -> float:
+    positives = sum(1 for v in solution.values() if v)
+    items = sorted(predictions.items(), key=lambda kv: (kv[0], kv[1][0]))
+    items = sorted(items, key=lambda kv: kv[1][1], reverse=True)
+    gap, total, correct = 0.0, 0, 0
+    for key, (label, _) in items:
+        if ignore and not solution[key]:
+            continue
+        total += 1
+        if label in solution[key]:
+            correct += 1
+            gap += correct / total
+    return gap / positives if positives else 0.0
+
+
+def brute_map(predictions: dict, solution: dict, k: int = 100) -> float:
+    total = 0.0
+    for key, pred in predictions.items():
+        seen, ap, hits = set(), 0.0, 0
+        for i in range(min(len(pred), k)):
+            if pred[i] not in seen:
+                if pred[i] in solution[key]:
+                    hits += 1
+                    ap += hits / (i + 1)
+                seen.add(pred[i])
+        total += ap / min(len(solution[key]), k)
+    return total / len(solution)
+
+
+ids = st.sampled_from([f"{i:016x}" for i in range(12)])
+labels = st.integers(0, 5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    solution=st.dictionaries(ids, st.lists(labels, max_size=3, unique=True), min_size=1),
+    data=st.data(),
+)
+def test_gap_matches_brute_force(solution, data):
+    keys = sorted(solution)
+    chosen = data.draw(st.lists(st.sampled_from(keys), unique=True))
+    preds = {k: (data.draw(labels), data.draw(st.sampled_from([0.0, 0.5, 1.0, 2.5]))) for k in chosen}
+    frame = _frame(preds) if preds else pd.DataFrame({"id": [], "landmark_id": [], "score": []})
+    for ignore in (False, True):
+        assert global_average_precision(frame, solution, ignore) == pytest.approx(brute_gap(preds, solution, ignore))
+
+
+index_ids = st.sampled_from([f"i{i}" for i in range(15)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    solution=st.dictionaries(st.sampled_from([f"q{i}" for i in range(8)]),
+                             st.lists(index_ids, min_size=1, max_size=6, unique=True), min_size=1),
+    data=st.data(),
+    k=st.sampled_from([3, 5, 100]),
+)
+def test_map_matches_brute_force(solution, data, k):
+    chosen = data.draw(st.lists(st.sampled_from(sorted(solution)), unique=True))
+    preds = {q: data.draw(st.lists(index_ids, max_size=8)) for q in chosen}
+    result = retrieval_metrics(preds, solution, max_predictions=k, precision_at=min(k, 3))
+    assert result[f"mAP@{k}"] == pytest.approx(brute_map(preds, solution, k))
+
+
+def test_vectorised_map_on_random_large_case():
+    rng = np.random.default_rng(0)
+    pool = [f"{i:016x}" for i in range(300)]
+    solution = {f"q{i}": list(rng.choice(pool, rng.integers(1, 20), replace=False)) for i in range(200)}
+    preds = {q: list(rng.choice(pool, 100)) for q in list(solution)[:180]}
+    assert retrieval_metrics(preds, solution)["mAP@100"] == pytest.approx(brute_map(preds, solution))

@@ -1,0 +1,82 @@
+"""The scorer end to end: files in, Public/Private/All figures out, plus the stage-05 CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from landmark_kit.data import DataError
+from landmark_kit.scoring import format_report, score_files
+from landmark_kit.submission import write_recognition, write_retrieval
+
+ROOT = Path(__file__).resolve().parents[1]
+A, B, C, D, E = (f"{i:016x}" for i in range(5))
+
+
+@pytest.fixture()
+def files(tmp_path):
+    pd.DataFrame(
+        {"id": [A, B, C, D, E], "landmarks": ["0 12", "100 200 300", "1", "", ""],
+         "Usage": ["Public", "Public", "Private", "Private", "Public"]}
+    ).to_csv(tmp_path / "rec_sol.csv", index=False)
+    write_recognition(tmp_path / "rec.csv", [A, B, C, D, E], [None, 0, 1, 150, None], [0, 0.01, 10.0, 15.0, 0])
+    i1, i2, i3 = (f"{i:016x}" for i in range(100, 103))
+    pd.DataFrame(
+        {"id": [A, B, C], "images": [f"{i1} {i2}", i3, ""], "Usage": ["Public", "Private", "Ignored"]}
+    ).to_csv(tmp_path / "ret_sol.csv", index=False)
+    write_retrieval(tmp_path / "ret.csv", [A, B, C], [[i3, i1], [i3], [i1]])
+    return tmp_path
+
+
+def test_recognition_all_part_reproduces_reference_case(files):
+    result = score_files(files / "rec_sol.csv", files / "rec.csv")
+    assert result["track"] == "recognition"
+    full = result["scores"]["All"]
+    assert full["GAP"] == pytest.approx(1 / 6)
+    assert full["GAP_landmarks_only"] == pytest.approx(1 / 3)
+    assert full["top1"] == pytest.approx(1 / 3)
+    # Public: A, B landmark images, E non-landmark; only B predicted (wrong) -> 0
+    assert result["scores"]["Public"]["GAP"] == 0.0
+    # Private: C right (rank 2 behind D's wrong prediction), 1 positive -> 0.5
+    assert result["scores"]["Private"]["GAP"] == pytest.approx(0.5)
+    assert "Public" in format_report(result)
+
+
+def test_retrieval_parts_and_ignored(files):
+    result = score_files(files / "ret_sol.csv", files / "ret.csv")
+    s = result["scores"]
+    assert s["Public"]["mAP@100"] == pytest.approx(0.5 / 2)  # i1 found at rank 2 of 2 gt
+    assert s["Private"]["mAP@100"] == pytest.approx(1.0)
+    assert s["All"]["queries"] == 2
+    assert "mAP@100" in format_report(result)
+
+
+def test_track_mismatch_and_unknown_ids(files, tmp_path):
+    with pytest.raises(DataError, match="retrieval submission but"):
+        score_files(files / "rec_sol.csv", files / "ret.csv")
+    write_recognition(tmp_path / "x.csv", ["ffffffffffffffff"], [1], [1.0])
+    with pytest.raises(DataError, match="not in the solution"):
+        score_files(files / "rec_sol.csv", tmp_path / "x.csv")
+
+
+def _stage(*args):
+    return subprocess.run([sys.executable, str(ROOT / "stages" / "05_score.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_score_json_and_validate(files):
+    run = _stage("--solution", files / "rec_sol.csv", "--submission", files / "rec.csv", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["scores"]["All"]["GAP"] == pytest.approx(1 / 6)
+    run = _stage("--validate", files / "rec.csv", "--solution", files / "rec_sol.csv")
+    assert run.returncode == 0 and "valid" in run.stdout
+    (files / "broken.csv").write_text(f"id,landmarks\n{A},oops\n")
+    run = _stage("--validate", files / "broken.csv", "--solution", files / "rec_sol.csv")
+    assert run.returncode == 1 and "line 2" in run.stdout
+    run = _stage("--solution", files / "rec_sol.csv", "--submission", files / "broken.csv")
+    assert run.returncode == 2 and "line 2" in run.stderr
