@@ -53,3 +53,29 @@ def extract_descriptors(
     for f in failures:
         log.warning("skipped %s image %s: %s", dataset.split, f.image_id, f.reason)
     return out, failures
+
+
+def square_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]):
+    """Resize to ``size`` x ``size``, to tensor, normalise: the plain evaluation transform."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def describe_split(
+    model: torch.nn.Module,
+    root,
+    split: str,
+    ids: list[str],
+    size: int = 224,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str = "cpu",
+) -> tuple[np.ndarray, list[Failure]]:
+    """L2-normalised global descriptors of one split with a backbone's own input normalisation."""
+    from .models import input_normalisation
+
+    inner = model.backbone if hasattr(model, "backbone") else model
+    dataset = ImageDataset(root, split, ids, square_transform(size, *input_normalisation(inner)), max_side=size)
+    model = model.to(device).eval()
+    return extract_descriptors(dataset, model, batch_size, workers, device, desc=f"extract {split}")

@@ -85,6 +85,9 @@ def load_weights(model: nn.Module, weights: str | os.PathLike, model_name: str) 
     own = model.state_dict()
     body = [k for k in own if not k.startswith(HEAD_PREFIXES)]
     if all(k in state for k in body):
+        extra = [k for k in state if k not in own and not k.startswith(HEAD_PREFIXES)]
+        if extra:
+            raise WeightsError(f"{weights}: {len(extra)} tensors are not in {model_name}, e.g. {extra[0]}")
         for key in body:
             if tuple(state[key].shape) != tuple(own[key].shape):
                 raise WeightsError(

@@ -167,10 +167,9 @@ def facade_texture(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray
     cv2.rectangle(img, (w // 2 - door_w // 2, h - int(h * 0.2)), (w // 2 + door_w // 2, h), (60, 40, 30), -1)
     if rng.random() < 0.6:
         _mural(rng, img)
-    _ornaments(rng, img, int(rng.integers(4, 10)))
+    _ornaments(rng, img, int(rng.integers(8, 16)))
     _text(rng, img, int(top * 0.9) + 4)
-    if rng.random() < 0.5:
-        _text(rng, img, int(h * rng.uniform(0.55, 0.8)))
+    _text(rng, img, int(h * rng.uniform(0.55, 0.8)))
     return img, mask
 
 

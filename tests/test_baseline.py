@@ -1,0 +1,26 @@
+"""The colour-histogram baseline and the demo job, end to end on a tiny synthetic competition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from landmark_kit.baselines import run_histogram_baseline
+from landmark_kit.scoring import score_files
+
+
+def test_histogram_baseline_writes_valid_scored_submissions(tiny_competition, tmp_path):
+    rec, ret = run_histogram_baseline(tiny_competition, tmp_path / "sub", workers=0)
+    assert (tmp_path / "sub" / "config.json").is_file()
+    r = score_files(tiny_competition / "recognition_solution.csv", rec)["scores"]["All"]
+    s = score_files(tiny_competition / "retrieval_solution.csv", ret)["scores"]["All"]
+    assert 0.0 <= r["GAP"] <= 1.0 and 0.0 < s["mAP@100"] <= 1.0
+
+
+def test_demo_job_prints_both_tables(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "landmark_kit.demo", "--workdir", str(tmp_path), "--landmarks", "4"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "GAP" in run.stdout and "mAP@100" in run.stdout and "All" in run.stdout
