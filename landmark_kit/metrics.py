@@ -67,55 +67,84 @@ def _strip_one_trailing_space(text: str) -> str:
     return text[:-1] if text.endswith(" ") else text
 
 
+_HEX_TABLE = bytes(
+    [b"0123456789abcdef".index(c) if c in b"0123456789abcdef" else (16 if c == ord(" ") else 255) for c in range(256)]
+)
+
+
+def _hex_ids(joined: str, count: int) -> np.ndarray | None:
+    """``count`` space-separated 16-hex-char ids as uint64, without Python objects; None if any is not hex."""
+    if not joined.isascii() or len(joined) + 1 != 17 * count:
+        return None
+    nibbles = np.frombuffer((joined + " ").encode("ascii").translate(_HEX_TABLE), np.uint8).reshape(count, 17)
+    if (nibbles[:, 16] != 16).any() or (nibbles[:, :16] > 15).any():
+        return None
+    packed = (nibbles[:, 0:16:2] << 4) | nibbles[:, 1:16:2]
+    return np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
+
+
+def _encode(joined: str, count: int, vocabulary: pd.Index | None = None) -> tuple[np.ndarray, pd.Index]:
+    """Codes of ``count`` space-separated ids in ``vocabulary`` (-1 if absent); builds it when None.
+
+    Kaggle ids (16 hex chars) are hashed as uint64 without creating Python strings; anything else goes
+    through pandas' string hashing.
+    """
+    as_int = _hex_ids(joined, count) if count else np.zeros(0, np.uint64)
+    if vocabulary is None:
+        vocabulary = pd.Index(pd.unique(as_int) if as_int is not None else pd.unique(np.array(joined.split(" "), dtype=object)))
+    if count == 0:
+        return np.zeros(0, np.int64), vocabulary
+    if as_int is not None and vocabulary.dtype == np.uint64:
+        return vocabulary.get_indexer(as_int).astype(np.int64), vocabulary
+    if vocabulary.dtype == np.uint64:  # these tokens are not all hex ids: compare as text
+        vocabulary = pd.Index(np.char.mod("%016x", vocabulary.to_numpy()).astype(object))
+    return vocabulary.get_indexer(np.array(joined.split(" "), dtype=object)).astype(np.int64), vocabulary
+
+
 def _retrieval_matrices(
     predictions: Mapping[str, str | Sequence[str]], solution: Mapping[str, Sequence[str]], k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Factorise ids once; return (first-occurrence hit matrix, any-hit matrix, gt sizes), shapes (Q, k)."""
+    """(relevant and first occurrence, relevant, gt sizes), the matrices ``(Q, k)`` in solution order.
+
+    Ids are encoded against the ground-truth vocabulary only: an id in no ground truth can never be
+    relevant, so its duplicates need no tracking.
+    """
     queries = list(solution.keys())
     qpos = {q: i for i, q in enumerate(queries)}
     rows, texts = [], []
     for q, pred in predictions.items():
         if q not in qpos:
             raise ValueError(f"prediction for {q}, which is not in the solution")
-        text = pred if isinstance(pred, str) else " ".join(pred)
-        text = _strip_one_trailing_space(text)
+        text = _strip_one_trailing_space(pred if isinstance(pred, str) else " ".join(pred))
         if text:
             rows.append(qpos[q])
             texts.append(text)
-    counts = np.fromiter((t.count(" ") + 1 for t in texts), dtype=np.int64, count=len(texts))
-    tokens = " ".join(texts).split(" ") if texts else []
-    gt_sizes = np.fromiter((len(solution[q]) for q in queries), dtype=np.int64, count=len(queries))
-    gt_tokens = [g for q in queries for g in solution[q]]
-    codes, _ = pd.factorize(pd.Index(np.asarray(tokens + gt_tokens, dtype=object)))
-    pred_codes, gt_codes = codes[: len(tokens)], codes[len(tokens) :]
-
     num_q = len(queries)
+    gt_sizes = np.fromiter((len(solution[q]) for q in queries), dtype=np.int64, count=num_q)
+    gt_codes, vocabulary = _encode(" ".join(g for q in queries for g in solution[q]), int(gt_sizes.sum()))
+    counts = np.fromiter((t.count(" ") + 1 for t in texts), dtype=np.int64, count=len(texts))
+    pred_codes, _ = _encode(" ".join(texts), int(counts.sum()), vocabulary)
+
     pred_mat = np.full((num_q, k), -1, dtype=np.int64)
-    if len(tokens):
+    if len(pred_codes):
         row_of_token = np.repeat(np.asarray(rows, dtype=np.int64), counts)
-        starts = np.repeat(np.cumsum(counts) - counts, counts)
-        pos = np.arange(len(tokens), dtype=np.int64) - starts
+        pos = np.arange(len(pred_codes), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         keep = pos < k
         pred_mat[row_of_token[keep], pos[keep]] = pred_codes[keep]
 
-    # Duplicates inside a row: stable sort, neighbours equal -> later occurrence is a duplicate.
-    order = np.argsort(pred_mat, axis=1, kind="stable")
-    sorted_codes = np.take_along_axis(pred_mat, order, axis=1)
-    dup_sorted = np.zeros_like(pred_mat, dtype=bool)
-    dup_sorted[:, 1:] = (sorted_codes[:, 1:] == sorted_codes[:, :-1]) & (sorted_codes[:, 1:] >= 0)
-    duplicate = np.zeros_like(dup_sorted)
-    np.put_along_axis(duplicate, order, dup_sorted, axis=1)
-
-    # Membership of (query, code) in the ground truth via one sorted key array.
-    num_codes = int(codes.max()) + 1 if len(codes) else 1
-    gt_keys = np.sort(np.repeat(np.arange(num_q, dtype=np.int64), gt_sizes) * num_codes + gt_codes)
-    keys = np.arange(num_q, dtype=np.int64)[:, None] * num_codes + pred_mat
-    if len(gt_keys):
-        found = np.minimum(np.searchsorted(gt_keys, keys), len(gt_keys) - 1)
-        in_gt = (pred_mat >= 0) & (gt_keys[found] == keys)
-    else:
-        in_gt = np.zeros_like(pred_mat, dtype=bool)
-    return in_gt & ~duplicate, in_gt, gt_sizes
+    in_gt = np.zeros((num_q, k), dtype=bool)
+    rel = np.zeros((num_q, k), dtype=bool)
+    if len(gt_codes):
+        width = int(gt_codes.max()) + 1
+        gt_keys = np.sort(np.repeat(np.arange(num_q, dtype=np.int64), gt_sizes) * width + gt_codes)
+        cand = np.flatnonzero(pred_mat >= 0)  # row-major: ranks increase within a row
+        keys = cand // k * width + pred_mat.ravel()[cand]
+        found = gt_keys[np.minimum(np.searchsorted(gt_keys, keys), len(gt_keys) - 1)] == keys
+        cand, keys = cand[found], keys[found]
+        in_gt.ravel()[cand] = True
+        _, first = np.unique(keys, return_index=True)  # stable: the first occurrence of each (query, id)
+        rel.ravel()[cand[first]] = True
+    return rel, in_gt, gt_sizes
 
 
 def retrieval_per_query(

@@ -87,11 +87,13 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{part:<8} {s['images']:>7d} {s['GAP']:>8.4f} {s['GAP_landmarks_only']:>8.4f} {s['top1']:>8.4f}"
             )
     else:
-        lines.append(f"{'part':<8} {'queries':>7} {'mAP@100':>8} {'P@1':>6} {'P@5':>6} {'P@10':>6} {'rank1st':>8}")
+        lines.append(
+            f"{'part':<8} {'queries':>7} {'mAP@100':>8} {'P@1':>6} {'P@5':>6} {'P@10':>6} {'1st hit mean/median':>20}"
+        )
         for part, s in scores.items():
             p = s["precision@k"]
             lines.append(
                 f"{part:<8} {s['queries']:>7d} {s['mAP@100']:>8.4f} {p[0]:>6.3f} {p[4]:>6.3f} {p[9]:>6.3f}"
-                f" {s['mean_first_hit']:>8.2f}"
+                f" {s['mean_first_hit']:>12.2f} / {s['median_first_hit']:<5.1f}"
             )
     return "\n".join(lines)

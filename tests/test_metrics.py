@@ -135,3 +135,14 @@ def test_vectorised_map_on_random_large_case():
     solution = {f"q{i}": list(rng.choice(pool, rng.integers(1, 20), replace=False)) for i in range(200)}
     preds = {q: list(rng.choice(pool, 100)) for q in list(solution)[:180]}
     assert retrieval_metrics(preds, solution)["mAP@100"] == pytest.approx(brute_map(preds, solution))
+
+
+def test_hex_fast_path_and_text_fallback_agree():
+    rng = np.random.default_rng(1)
+    pool = [f"{i:016x}" for i in range(50)]
+    solution = {f"q{i}": list(rng.choice(pool, 5, replace=False)) for i in range(30)}
+    preds = {q: list(rng.choice(pool, 20)) for q in solution}
+    expected = brute_map(preds, solution)
+    assert retrieval_metrics(preds, solution)["mAP@100"] == pytest.approx(expected)
+    preds["q0"] = preds["q0"] + ["NOT-A-HEX-ID"]  # one odd token sends everything down the text path
+    assert retrieval_metrics(preds, solution)["mAP@100"] == pytest.approx(brute_map(preds, solution))
