@@ -18,7 +18,7 @@ from .extract import extract_descriptors
 from .recognition import nearest_neighbour_labels
 from .retrieval import neighbour_lists
 from .search import knn
-from .submission import validate_submission, write_recognition, write_retrieval
+from .submission import write_submissions
 
 
 @dataclass
@@ -70,13 +70,8 @@ def run_histogram_baseline(
     test_f, index_f = describe("test", test_ids), describe("index", index_ids)
     scores, nbrs = knn(test_f, train_f, 1)
     labels, conf = nearest_neighbour_labels(scores, nbrs, train["landmark_id"].to_numpy())
-    rec = write_recognition(out_dir / "recognition.csv", test_ids, labels, conf)
     _, nbrs = knn(test_f, index_f, min(100, len(index_ids)))
-    ret = write_retrieval(out_dir / "retrieval.csv", test_ids, neighbour_lists(nbrs, index_ids))
-    for path, idx in ((rec, None), (ret, index_ids)):
-        errors = validate_submission(path, test_ids, idx)
-        if errors:
-            raise RuntimeError("baseline wrote an invalid submission:\n" + "\n".join(errors))
+    rec, ret = write_submissions(out_dir, test_ids, labels, conf, neighbour_lists(nbrs, index_ids), index_ids)
     (out_dir / "config.json").write_text(
         json.dumps({"method": "colour-histogram-knn", "data_root": str(data_root), **asdict(cfg)}, indent=2)
     )

@@ -140,3 +140,35 @@ class GlobalDescriptor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.pool(self.backbone(x)), dim=1)
+
+
+class LandmarkNet(nn.Module):
+    """Backbone + GeM + FC + BatchNorm1d neck (smlyaka 2019); ``forward`` gives the un-normalised embedding.
+
+    ``describe`` returns the L2-normalised descriptor used for search.
+    """
+
+    def __init__(self, backbone: nn.Module, dim: int = 512, p: float = 3.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool = GeM(p)
+        self.fc = nn.Linear(backbone.num_features, dim)
+        self.bn = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.fc(self.pool(self.backbone(x))))
+
+    def describe(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.forward(x), dim=1)
+
+
+class Describer(nn.Module):
+    """Wraps a :class:`LandmarkNet` so that calling it gives the normalised descriptor (for extraction)."""
+
+    def __init__(self, net: LandmarkNet) -> None:
+        super().__init__()
+        self.net = net
+        self.backbone = net.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.describe(x)

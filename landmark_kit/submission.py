@@ -322,3 +322,21 @@ def validate_against(
         test_ids = read_solution(solution_path).ids
     labels = read_train_csv(train_csv)["landmark_id"].unique().tolist() if train_csv else None
     return validate_submission(path, test_ids, index_ids, labels)
+
+
+def write_submissions(
+    out_dir: str | os.PathLike,
+    test_ids: Sequence[str],
+    labels: Sequence[int | None],
+    scores: Sequence[float],
+    retrieved: Sequence[Sequence[str]],
+    index_ids: Sequence[str],
+) -> tuple[Path, Path]:
+    """Write ``recognition.csv`` and ``retrieval.csv`` into ``out_dir`` and validate both (raises if invalid)."""
+    out_dir = Path(out_dir)
+    rec = write_recognition(out_dir / "recognition.csv", test_ids, labels, scores)
+    ret = write_retrieval(out_dir / "retrieval.csv", test_ids, retrieved)
+    errors = validate_submission(rec, test_ids) + validate_submission(ret, test_ids, index_ids)
+    if errors:
+        raise RuntimeError("invalid submission written:\n" + "\n".join(errors))
+    return rec, ret

@@ -1,0 +1,212 @@
+"""Stage 03: extract global descriptors for every member of an ensemble recipe, concatenate, search.
+
+Run-directory layout (``--workdir``)::
+
+    ensemble.yaml                      the resolved recipe
+    features/<member>/<split>.npy      L2-normalised float32 descriptors (memory-mappable), rows = ids
+    features/<member>/<split>.ids      one image id per line, the row order of the .npy
+    features/<member>/<split>.failed.csv   images skipped as unreadable (id, reason)
+    features/ensemble/<split>.npy      weighted concatenation, re-normalised
+    neighbours/test_train.npz          kNN of test queries among train images (scores, indices)
+    neighbours/test_index.npz          kNN of test queries among index images
+
+Every file is written atomically; a split whose files exist for the same ids and member config is skipped,
+so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import read_train_csv, scan_split
+from .extract import describe_split
+from .models import Describer, GlobalDescriptor, create_backbone
+from .recipes import RecipeError, load_recipe, save_recipe, to_dict
+from .search import knn
+from .train import load_trained, resolve_device
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "test", "index")
+
+
+@dataclass
+class MemberConfig:
+    """One model of the ensemble: a trained checkpoint, or a backbone used zero-shot (GeM, no training)."""
+
+    name: str
+    checkpoint: str | None = None  # model.pt written by stage 02
+    backbone: str | None = None  # timm name, for a zero-shot member
+    weights: str | None = None  # with backbone: local file or "imagenet-lite"; None = random init (seeded)
+    image_size: int = 224
+    weight: float = 1.0  # multiplies the member's descriptor before concatenation
+    seed: int = 0
+
+
+@dataclass
+class EnsembleConfig:
+    """The members and how to run them; the list shape is what later issues extend (scales, TTA, PCA)."""
+
+    members: list[MemberConfig] = field(default_factory=list)
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    k_train: int = 20  # train neighbours kept per test query (recognition, verification shortlists)
+    k_index: int = 100  # index neighbours kept per test query (retrieval)
+
+
+def load_ensemble(path: str | os.PathLike | None, overrides: dict | None = None) -> EnsembleConfig:
+    """Read and check an ensemble recipe: at least one member, unique names, checkpoint xor backbone."""
+    cfg = load_recipe(EnsembleConfig, path, overrides)
+    if not cfg.members:
+        raise RecipeError(f"{path}: an ensemble needs at least one member")
+    names = [m.name for m in cfg.members]
+    if len(set(names)) != len(names) or "ensemble" in names:
+        raise RecipeError(f"{path}: member names must be unique and not 'ensemble', found {names}")
+    for m in cfg.members:
+        if (m.checkpoint is None) == (m.backbone is None):
+            raise RecipeError(f"{path}: member {m.name} needs exactly one of checkpoint or backbone")
+    return cfg
+
+
+def build_member(member: MemberConfig, device: torch.device) -> torch.nn.Module:
+    """The descriptor network of a member, in eval mode, returning L2-normalised rows."""
+    if member.checkpoint is not None:
+        model, _ = load_trained(member.checkpoint, device)
+        return Describer(model).eval()
+    torch.manual_seed(member.seed)
+    return GlobalDescriptor(create_backbone(member.backbone, member.weights)).to(device).eval()
+
+
+def split_ids(data_root: str | os.PathLike, split: str, train_csv: str | os.PathLike | None = None) -> list[str]:
+    """Ids of a split: train from its CSV (the labelled set), test/index by scanning the folder."""
+    if split == "train":
+        return read_train_csv(train_csv or Path(data_root) / "train.csv")["id"].tolist()
+    return scan_split(data_root, split)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _save_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_features(folder: str | os.PathLike, split: str, mmap: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Descriptors and ids of one split from a features folder (memory-mapped by default)."""
+    folder = Path(folder)
+    feats = np.load(folder / f"{split}.npy", mmap_mode="r" if mmap else None)
+    ids = (folder / f"{split}.ids").read_text().split()
+    if len(ids) != len(feats):
+        raise RuntimeError(f"{folder}/{split}: {len(feats)} descriptors but {len(ids)} ids")
+    return feats, ids
+
+
+def member_identity(member: MemberConfig) -> dict:
+    """The member's config plus a digest of its checkpoint: descriptors are reusable only if both match."""
+    identity = to_dict(member)
+    if member.checkpoint is not None:
+        path = Path(member.checkpoint)
+        if not path.is_file():
+            raise RecipeError(f"member {member.name}: checkpoint not found: {path}")
+        identity["checkpoint_sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return identity
+
+
+def _is_done(folder: Path, split: str, ids: list[str], identity: dict) -> bool:
+    meta = folder / "member.json"
+    if not (folder / f"{split}.npy").is_file() or not meta.is_file():
+        return False
+    if json.loads(meta.read_text()) != identity:
+        return False
+    return (folder / f"{split}.ids").read_text().split() == ids
+
+
+def extract_member(
+    member: MemberConfig, cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None
+) -> Path:
+    """Extract one member's descriptors for ``splits`` into ``features/<name>/`` (skipping finished splits)."""
+    folder = Path(workdir) / "features" / member.name
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = folder / "member.json"
+    identity = member_identity(member)
+    if meta.is_file() and json.loads(meta.read_text()) != identity:
+        for stale in folder.glob("*.npy"):  # the member changed: old descriptors are not reusable
+            stale.unlink()
+    _save_text(meta, json.dumps(identity, indent=2))
+    model, device = None, resolve_device(cfg.device)
+    for split in splits:
+        ids = split_ids(data_root, split, train_csv)
+        if _is_done(folder, split, ids, identity):
+            log.info("%s/%s already extracted", member.name, split)
+            continue
+        model = model or build_member(member, device)
+        feats, failures = describe_split(model, data_root, split, ids, member.image_size, cfg.batch_size,
+                                         cfg.workers, str(device))
+        pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]).to_csv(
+            folder / f"{split}.failed.csv", index=False)
+        _save_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
+        _save_npy(folder / f"{split}.npy", feats.astype(np.float32))
+    return folder
+
+
+def concatenate(members: list[MemberConfig], workdir, splits=SPLITS) -> Path:
+    """Weighted concatenation of member descriptors, re-normalised, into ``features/ensemble/``."""
+    out = Path(workdir) / "features" / "ensemble"
+    out.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        parts, ids = [], None
+        for m in members:
+            feats, member_ids = load_features(Path(workdir) / "features" / m.name, split)
+            if ids is not None and member_ids != ids:
+                raise RuntimeError(f"member {m.name} has different {split} ids from the others")
+            ids = member_ids
+            parts.append(m.weight * np.asarray(feats, dtype=np.float32))
+        joined = np.concatenate(parts, axis=1)
+        norms = np.linalg.norm(joined, axis=1, keepdims=True)
+        joined /= np.maximum(norms, 1e-12)
+        _save_text(out / f"{split}.ids", "\n".join(ids) + "\n")
+        _save_npy(out / f"{split}.npy", joined)
+    return out
+
+
+def search_neighbours(workdir, k_train: int, k_index: int) -> dict[str, Path]:
+    """kNN of test descriptors among train and index descriptors, saved as ``neighbours/*.npz``."""
+    feats = Path(workdir) / "features" / "ensemble"
+    out = Path(workdir) / "neighbours"
+    out.mkdir(parents=True, exist_ok=True)
+    test, _ = load_features(feats, "test", mmap=False)
+    paths = {}
+    for db_split, k in (("train", k_train), ("index", k_index)):
+        db, _ = load_features(feats, db_split, mmap=False)
+        scores, indices = knn(test, db, min(k, len(db)))
+        path = out / f"test_{db_split}.npz"
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+        np.savez(tmp, scores=scores, indices=indices)
+        os.replace(tmp, path)
+        paths[db_split] = path
+    return paths
+
+
+def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dict[str, Path]:
+    """The whole stage: extract every member, concatenate, search; returns the neighbour files."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_recipe(cfg, workdir / "ensemble.yaml")
+    for member in cfg.members:
+        extract_member(member, cfg, data_root, workdir, train_csv=train_csv)
+    concatenate(cfg.members, workdir)
+    return search_neighbours(workdir, cfg.k_train, cfg.k_index)

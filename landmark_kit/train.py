@@ -1,0 +1,210 @@
+"""Metric-learning training: timm backbone + GeM + FC/BN neck + ArcFace/CosFace head (smlyaka 2019).
+
+One run directory holds everything: ``config.yaml`` (the resolved recipe), ``last.pt`` (resumable state,
+written atomically every ``checkpoint_every`` steps and at each epoch end), ``model.pt`` (final weights +
+the class list + the config) and ``log.csv``. Re-running the same command on the same directory resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data import ImageDataset, collate_skip_bad, read_train_csv
+from .losses import MarginHead
+from .models import LandmarkNet, create_backbone, input_normalisation
+from .recipes import RecipeError, from_dict, load_recipe, save_recipe, to_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe. Defaults = ``training/synthetic-lite0.yaml`` (a useful model on the synthetic
+    competition in minutes on a CPU); ``training/gldv2-smlyaka2019.yaml`` holds the paper's GLDv2 settings."""
+
+    model: str = "tf_efficientnet_lite0"
+    weights: str | None = "imagenet-lite"  # local file, "imagenet-lite", or None (random init / hub)
+    pretrained: bool = False  # with weights None: download from timm's hub (online only)
+    dim: int = 512
+    gem_p: float = 3.0
+    head: str = "arcface"  # arcface | cosface
+    scale: float = 30.0
+    margin: float = 0.3
+    image_size: int = 128
+    epochs: int = 16
+    batch_size: int = 32
+    lr: float = 1e-2
+    head_lr_mult: float = 10.0  # the freshly initialised neck and head learn faster than the backbone
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    augment: str = "soft"  # soft: crop/scale + light colour | hard: + shear, stronger brightness
+    train_csv: str | None = None  # default <data_root>/train.csv (e.g. a cleaned CSV from stage 01)
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision on CUDA
+    checkpoint_every: int = 200  # steps between resumable checkpoints (plus every epoch end)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_transform(cfg: TrainConfig, mean, std):
+    """Random crop/scale (+ colour, + shear for "hard"), as in the 2019 soft/hard recipes."""
+    from torchvision import transforms as T
+
+    if cfg.augment not in ("soft", "hard"):
+        raise RecipeError(f"augment must be soft or hard, found {cfg.augment!r}")
+    ops = [T.RandomResizedCrop(cfg.image_size, scale=(0.4, 1.0), ratio=(0.75, 1.333))]
+    if cfg.augment == "hard":
+        ops += [T.RandomAffine(degrees=0, shear=(-15, 15)), T.ColorJitter(0.4, 0.3, 0.3, 0.03)]
+    else:
+        ops += [T.ColorJitter(0.2, 0.2, 0.1)]
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[LandmarkNet, MarginHead]:
+    backbone = create_backbone(cfg.model, cfg.weights, cfg.pretrained)
+    return LandmarkNet(backbone, cfg.dim, cfg.gem_p), MarginHead(cfg.dim, num_classes, cfg.head, cfg.scale, cfg.margin)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of one epoch: a pure function of (seed, epoch), so a resumed run replays it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+
+
+def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.PathLike, progress: bool = True) -> Path:
+    """Train (or resume) a model in ``workdir``; returns the path of ``model.pt``."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    final = workdir / "model.pt"
+    saved_cfg = workdir / "config.yaml"
+    if saved_cfg.is_file():
+        previous = load_recipe(TrainConfig, saved_cfg)
+        if to_dict(previous) != to_dict(cfg):
+            raise RecipeError(f"{workdir} holds a run with a different config ({saved_cfg}); use a new --workdir")
+    if final.is_file():
+        log.info("%s already trained", final)
+        return final
+    save_recipe(cfg, saved_cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+
+    train_df = read_train_csv(cfg.train_csv or Path(data_root) / "train.csv")
+    classes = np.sort(train_df["landmark_id"].unique())
+    targets = torch.as_tensor(np.searchsorted(classes, train_df["landmark_id"].to_numpy()))
+    model, head = build_model(cfg, len(classes))
+    model.to(device)
+    head.to(device)
+    dataset = ImageDataset(data_root, "train", train_df["id"].tolist(),
+                           train_transform(cfg, *input_normalisation(model.backbone)), max_side=cfg.image_size * 2)
+
+    neck = list(model.pool.parameters()) + list(model.fc.parameters()) + list(model.bn.parameters())
+    optimizer = torch.optim.SGD(
+        [{"params": model.backbone.parameters(), "lr": cfg.lr},
+         {"params": neck + list(head.parameters()), "lr": cfg.lr * cfg.head_lr_mult}],
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = -(-len(dataset) // cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    epoch, step = 0, 0
+    last = workdir / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        epoch, step = state["epoch"], state["step"]
+        log.info("resuming %s at epoch %d step %d", workdir, epoch, step)
+
+    def checkpoint(epoch_: int, step_: int) -> None:
+        _atomic_save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "epoch": epoch_, "step": step_}, last)
+
+    criterion = nn.CrossEntropyLoss()
+    skipped: set[str] = set()
+    with open(workdir / "log.csv", "a", newline="") as log_fh:
+        writer = csv.writer(log_fh)
+        while epoch < cfg.epochs:
+            order = _epoch_order(len(dataset), cfg.seed, epoch)[step * cfg.batch_size :]
+            loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.workers,
+                                collate_fn=collate_skip_bad, pin_memory=device.type == "cuda", drop_last=False)
+            model.train()
+            head.train()
+            seen, loss_sum, correct, start = 0, 0.0, 0, time.perf_counter()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress,
+                       initial=step, total=steps_per_epoch)
+            for images, positions, bad in bar:
+                skipped.update(f.image_id for f in bad)
+                step += 1
+                if images is None or len(images) < 2:  # BatchNorm needs two samples
+                    continue
+                images = images.to(device, non_blocking=True)
+                labels = targets[positions].to(device)
+                with torch.autocast(device.type, enabled=use_amp):
+                    logits = head(model(images), labels)
+                    loss = criterion(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                seen += len(images)
+                loss_sum += float(loss.detach()) * len(images)
+                correct += int((logits.argmax(1) == labels).sum())
+                rate = seen / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.1f}")
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps_per_epoch:
+                    checkpoint(epoch, step)
+            bar.close()
+            epoch, step = epoch + 1, 0
+            checkpoint(epoch, 0)
+            writer.writerow([epoch, round(loss_sum / max(seen, 1), 4), round(correct / max(seen, 1), 4),
+                             round(seen / (time.perf_counter() - start), 2), optimizer.param_groups[0]["lr"]])
+            log_fh.flush()
+    for image_id in sorted(skipped):
+        log.warning("skipped unreadable train image %s", image_id)
+    _atomic_save({"model": model.state_dict(), "classes": torch.as_tensor(classes),
+                  "config": to_dict(cfg), "skipped": sorted(skipped)}, final)
+    return final
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LandmarkNet, TrainConfig]:
+    """A trained LandmarkNet from ``model.pt`` (``weights_only=True``), in eval mode, with its config."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = from_dict(TrainConfig, state["config"], str(path))
+    model = LandmarkNet(create_backbone(cfg.model), cfg.dim, cfg.gem_p)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg

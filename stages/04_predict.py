@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Stage 04: recognition and retrieval CSVs from a run directory's neighbours (running stage 03 if needed).
+
+  python stages/04_predict.py --data-root R --workdir W --ensemble ensembles/imagenet-lite0.yaml [--name N]
+
+Writes submissions/<name>/recognition.csv and retrieval.csv (validated) and prints their paths as the last
+two lines, so scripts can pick them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from landmark_kit.data import DataError
+from landmark_kit.ensemble import load_ensemble, run_ensemble
+from landmark_kit.predict import neighbours_ready, predict
+from landmark_kit.recipes import RecipeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default="runs/demo/synthetic")
+    ap.add_argument("--workdir", default="runs/ensemble/imagenet-lite0")
+    ap.add_argument("--ensemble", default="ensembles/imagenet-lite0.yaml",
+                    help="recipe used to run stage 03 when the workdir has no neighbours yet")
+    ap.add_argument("--name", help="submission name (default: the ensemble recipe's file name)")
+    ap.add_argument("--out-root", default="submissions", help="submissions are written to OUT_ROOT/NAME/")
+    ap.add_argument("--train-csv", help="labelled train list (default <data-root>/train.csv)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if not neighbours_ready(args.workdir):
+            run_ensemble(load_ensemble(args.ensemble), args.data_root, args.workdir, args.train_csv)
+        name = args.name or Path(args.ensemble).stem
+        rec, ret = predict(args.data_root, args.workdir, Path(args.out_root) / name, args.train_csv)
+    except (RecipeError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(rec)
+    print(ret)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

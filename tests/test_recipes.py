@@ -1,0 +1,62 @@
+"""Typed YAML recipes: defaults, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import pytest
+
+from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides, load_recipe, save_recipe
+
+
+@dataclass
+class Inner:
+    name: str
+    weight: float = 1.0
+    path: str | None = None
+
+
+@dataclass
+class Outer:
+    size: int = 224
+    scales: tuple[float, ...] = (1.0,)
+    members: list[Inner] = field(default_factory=list)
+    flag: bool = False
+
+
+def test_yaml_defaults_and_overrides_round_trip(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("size: 320\nscales: [0.75, 1, 1.25]\nmembers:\n  - name: a\n    weight: 2\n")
+    cfg = load_recipe(Outer, path, {"flag": True})
+    assert cfg == Outer(320, (0.75, 1.0, 1.25), [Inner("a", 2.0)], True)
+    save_recipe(cfg, tmp_path / "saved.yaml")
+    assert load_recipe(Outer, tmp_path / "saved.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sise: 3\n", r"unknown key\(s\) \['sise'\]"),
+        ("size: big\n", "size: expected int"),
+        ("size: true\n", "size: expected int"),
+        ("members: [{weight: 1}]\n", "missing"),
+        ("members: [{name: a, colour: red}]\n", r"members\[0\]: unknown key"),
+        ("- 1\n- 2\n", "mapping at the top level"),
+        ("size: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises((RecipeError, TypeError), match=message):
+        load_recipe(Outer, path)
+
+
+def test_cli_flags_only_override_what_is_given():
+    ap = argparse.ArgumentParser()
+    add_recipe_flags(ap, Inner)
+    args = ap.parse_args(["--name", "x", "--path", "none"])
+    assert flag_overrides(args, Inner) == {"name": "x", "path": None}
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--weight", "heavy"])

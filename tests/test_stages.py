@@ -1,0 +1,123 @@
+"""Stages 02-05 as a user runs them: tiny timm model, one epoch, the tiny synthetic competition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from landmark_kit.ensemble import load_ensemble, run_ensemble
+from landmark_kit.recipes import RecipeError
+from landmark_kit.train import TrainConfig, load_trained, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAIN = ["--model", "test_efficientnet", "--weights", "none", "--epochs", "1", "--image-size", "64",
+              "--batch-size", "16", "--workers", "0", "--dim", "32"]
+
+
+def stage(name: str, *args) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, str(ROOT / "stages" / name), *map(str, args)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_competition, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("train")
+    run = stage("02_train.py", "--data-root", tiny_competition, "--workdir", workdir, *TINY_TRAIN)
+    assert run.stdout.strip().splitlines()[-1] == str(workdir / "model.pt")
+    return workdir
+
+
+def test_train_writes_checkpoint_config_and_log(trained):
+    model, cfg = load_trained(trained / "model.pt")
+    assert cfg.model == "test_efficientnet" and cfg.dim == 32 and cfg.weights is None
+    assert (trained / "config.yaml").is_file() and (trained / "last.pt").is_file()
+    epoch, loss, acc, img_s, lr = (trained / "log.csv").read_text().strip().split(",")
+    assert epoch == "1" and float(loss) > 0 and float(img_s) > 0
+    with torch.no_grad():
+        out = model.describe(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 32) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_train_refuses_a_different_config_in_the_same_workdir(trained, tiny_competition):
+    with pytest.raises(RecipeError, match="different config"):
+        train(TrainConfig(model="test_efficientnet", weights=None, epochs=2), tiny_competition, trained)
+
+
+def test_train_resumes_from_last_checkpoint(tiny_competition, tmp_path):
+    cfg = TrainConfig(model="test_efficientnet", weights=None, epochs=2, image_size=64, batch_size=16,
+                      workers=0, dim=32, checkpoint_every=2)
+    full = train(cfg, tiny_competition, tmp_path / "full", progress=False)
+    # simulate a kill after epoch 1: keep last.pt from a one-epoch run of the same config
+    part = tmp_path / "part"
+    train(TrainConfig(**{**cfg.__dict__, "epochs": 1}), tiny_competition, part, progress=False)
+    state = torch.load(part / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    (part / "model.pt").unlink()
+    (part / "config.yaml").unlink()
+    resumed = train(cfg, tiny_competition, part, progress=False)
+    assert len((part / "log.csv").read_text().strip().splitlines()) == 2  # epoch 1 not trained again
+    assert torch.load(resumed, weights_only=True)["classes"].tolist() == \
+        torch.load(full, weights_only=True)["classes"].tolist()
+
+
+def test_ensemble_predict_score_end_to_end(trained, tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
+                      "workers: 0\n")
+    work = tmp_path / "run"
+    run = stage("04_predict.py", "--data-root", tiny_competition, "--workdir", work, "--ensemble", recipe,
+                "--out-root", tmp_path / "subs")
+    rec, ret = run.stdout.strip().splitlines()[-2:]
+    assert rec == str(tmp_path / "subs" / "e" / "recognition.csv")
+    assert ret == str(tmp_path / "subs" / "e" / "retrieval.csv")
+    for f in ("ensemble.yaml", "features/tiny/train.npy", "features/tiny/test.ids", "features/ensemble/index.npy",
+              "neighbours/test_train.npz", "neighbours/test_index.npz"):
+        assert (work / f).is_file(), f
+    out = stage("05_score.py", "--solution", tiny_competition / "retrieval_solution.csv", "--submission", ret)
+    assert "mAP@100" in out.stdout
+
+
+def test_rerun_skips_finished_extraction(trained, tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
+                      "workers: 0\n")
+    cfg = load_ensemble(recipe)
+    run_ensemble(cfg, tiny_competition, tmp_path / "w")
+    feats = tmp_path / "w" / "features" / "tiny" / "train.npy"
+    stamp = feats.stat().st_mtime_ns
+    run_ensemble(cfg, tiny_competition, tmp_path / "w")
+    assert feats.stat().st_mtime_ns == stamp
+    assert not list((tmp_path / "w").rglob(".*tmp*"))  # no temporary files left behind
+
+
+def test_concatenation_weights_and_renormalisation(trained, tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(
+        "members:\n"
+        f"  - {{name: a, checkpoint: {trained / 'model.pt'}, image_size: 64, weight: 1.0}}\n"
+        "  - {name: b, backbone: test_efficientnet, image_size: 64, weight: 0.5}\n"
+        "workers: 0\n"
+    )
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
+    f = tmp_path / "w" / "features"
+    a, b, e = (np.load(f / m / "test.npy") for m in ("a", "b", "ensemble"))
+    expected = np.concatenate([a, 0.5 * b], axis=1)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(e, expected, atol=1e-6)
+
+
+def test_ensemble_recipe_errors(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("members:\n  - {name: a, backbone: x, checkpoint: y}\n")
+    with pytest.raises(RecipeError, match="exactly one of checkpoint or backbone"):
+        load_ensemble(recipe)
+    recipe.write_text("members: []\n")
+    with pytest.raises(RecipeError, match="at least one member"):
+        load_ensemble(recipe)
