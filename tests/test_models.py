@@ -21,6 +21,13 @@ def test_lite0_wheel_maps_onto_timm_by_order_with_every_shape_checked():
     assert out.shape == (1, 1280, 2, 2)
 
 
+@pytest.mark.parametrize("variant", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_lite1_and_lite2_wheels_map_too(variant):
+    source = read_state_dict(lite_wheel_path(variant))
+    model = create_backbone(variant, weights="imagenet-lite")
+    assert torch.equal(model.conv_head.weight, source["_conv_head.weight"])
+
+
 def test_mapping_refuses_mismatched_shapes_and_counts():
     target = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
     with pytest.raises(WeightsError, match="x has shape \\(3, 2\\) but a needs \\(2, 3\\)"):
