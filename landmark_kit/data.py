@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .artifacts import atomic_path
+
 SPLITS = ("train", "test", "index")
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MIN_IMAGE_SIDE = 8
@@ -147,11 +149,8 @@ def write_train_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a CSV through a temporary file and rename it, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def load_image(path: str | os.PathLike, image_id: str = "?", max_side: int | None = None) -> Image.Image:

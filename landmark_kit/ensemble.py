@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .artifacts import atomic_path, write_text
 from .data import read_train_csv, scan_split
 from .extract import describe_split
 from .models import Describer, GlobalDescriptor, create_backbone
@@ -93,18 +94,6 @@ def split_ids(data_root: str | os.PathLike, split: str, train_csv: str | os.Path
     return scan_split(data_root, split)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def _save_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def load_features(folder: str | os.PathLike, split: str, mmap: bool = True) -> tuple[np.ndarray, list[str]]:
     """Descriptors and ids of one split from a features folder (memory-mapped by default)."""
     folder = Path(folder)
@@ -146,7 +135,7 @@ def extract_member(
     if meta.is_file() and json.loads(meta.read_text()) != identity:
         for stale in folder.glob("*.npy"):  # the member changed: old descriptors are not reusable
             stale.unlink()
-    _save_text(meta, json.dumps(identity, indent=2))
+    write_text(meta, json.dumps(identity, indent=2))
     model, device = None, resolve_device(cfg.device)
     for split in splits:
         ids = split_ids(data_root, split, train_csv)
@@ -158,8 +147,9 @@ def extract_member(
                                          cfg.workers, str(device))
         pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]).to_csv(
             folder / f"{split}.failed.csv", index=False)
-        _save_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
-        _save_npy(folder / f"{split}.npy", feats.astype(np.float32))
+        write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
+        with atomic_path(folder / f"{split}.npy") as tmp:
+            np.save(tmp, feats.astype(np.float32))
     return folder
 
 
@@ -178,8 +168,9 @@ def concatenate(members: list[MemberConfig], workdir, splits=SPLITS) -> Path:
         joined = np.concatenate(parts, axis=1)
         norms = np.linalg.norm(joined, axis=1, keepdims=True)
         joined /= np.maximum(norms, 1e-12)
-        _save_text(out / f"{split}.ids", "\n".join(ids) + "\n")
-        _save_npy(out / f"{split}.npy", joined)
+        write_text(out / f"{split}.ids", "\n".join(ids) + "\n")
+        with atomic_path(out / f"{split}.npy") as tmp:
+            np.save(tmp, joined)
     return out
 
 
@@ -194,9 +185,8 @@ def search_neighbours(workdir, k_train: int, k_index: int) -> dict[str, Path]:
         db, _ = load_features(feats, db_split, mmap=False)
         scores, indices = knn(test, db, min(k, len(db)))
         path = out / f"test_{db_split}.npz"
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-        np.savez(tmp, scores=scores, indices=indices)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, scores=scores, indices=indices)
         paths[db_split] = path
     return paths
 

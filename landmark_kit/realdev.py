@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from .artifacts import write_bytes
 from .data import atomic_write_csv, image_path
 from .submission import write_recognition, write_retrieval
 
@@ -55,7 +56,6 @@ def plan_split(names: list[str]) -> pd.DataFrame:
 
 
 def _write_jpeg(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
     data = src.read_bytes()
     with Image.open(io.BytesIO(data)) as img:
         if img.format == "JPEG":
@@ -64,9 +64,7 @@ def _write_jpeg(src: Path, dst: Path) -> None:
             buf = io.BytesIO()
             img.convert("RGB").save(buf, "JPEG", quality=95)
             out = buf.getvalue()
-    tmp = dst.with_suffix(".tmp")
-    tmp.write_bytes(out)
-    os.replace(tmp, dst)
+    write_bytes(dst, out)
 
 
 def build(src: str | os.PathLike, out: str | os.PathLike) -> dict:

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .artifacts import write_text
+
 T = TypeVar("T")
 
 
@@ -110,12 +112,7 @@ def load_recipe(cls: type[T], path: str | os.PathLike | None, overrides: dict[st
 
 def save_recipe(obj: Any, path: str | os.PathLike) -> Path:
     """Write the full resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 def _parse_flag(text: str, hint: Any) -> Any:

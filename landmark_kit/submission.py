@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .artifacts import atomic_path
 from .data import DataError, is_valid_id
 
 RECOGNITION = "recognition"
@@ -26,15 +27,11 @@ USAGES = ("Public", "Private", "Ignored")
 
 
 def _atomic_rows(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def format_score(score: float) -> str:

@@ -27,6 +27,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
+from .artifacts import write_bytes
 from .data import atomic_write_csv, image_path
 from .submission import write_recognition, write_retrieval
 
@@ -579,15 +580,11 @@ def _render_group(items: list[Item], cfg: SyntheticConfig, root: str) -> None:
             img = render_clutter(rng, cfg)
         else:
             img = render(scene, View.sample(rng, cfg, scene.interior, item.hard), rng)
-        path = image_path(root, item.split, item.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(55, 96))])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {item.id}")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
+        write_bytes(image_path(root, item.split, item.id), buf.tobytes())
 
 
 def generate(out: str | os.PathLike, cfg: SyntheticConfig | None = None, progress: bool = True) -> dict:

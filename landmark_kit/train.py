@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .artifacts import atomic_path
 from .data import ImageDataset, collate_skip_bad, read_train_csv
 from .losses import MarginHead
 from .models import LandmarkNet, create_backbone, input_normalisation
@@ -91,9 +92,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[LandmarkNet, Margin
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -121,3 +121,14 @@ def test_ensemble_recipe_errors(tmp_path):
     recipe.write_text("members: []\n")
     with pytest.raises(RecipeError, match="at least one member"):
         load_ensemble(recipe)
+
+
+def test_ensemble_cli_with_flag_overrides(trained, tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n")
+    run = stage("03_ensemble.py", "--data-root", tiny_competition, "--workdir", tmp_path / "w", "--ensemble", recipe,
+                "--workers", "0", "--k-train", "3")
+    assert "test -> train neighbours" in run.stdout
+    nn = np.load(tmp_path / "w" / "neighbours" / "test_train.npz")
+    assert nn["indices"].shape[1] == 3
+    assert "k_train: 3" in (tmp_path / "w" / "ensemble.yaml").read_text()
