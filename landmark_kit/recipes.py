@@ -110,6 +110,14 @@ def load_recipe(cls: type[T], path: str | os.PathLike | None, overrides: dict[st
     return from_dict(cls, data, str(path) if path else cls.__name__)
 
 
+def config_digest(obj: Any, length: int = 10) -> str:
+    """Short stable hash of a config: names cache folders, so a changed config never reuses stale results."""
+    import hashlib
+
+    text = yaml.safe_dump(to_dict(obj), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
 def save_recipe(obj: Any, path: str | os.PathLike) -> Path:
     """Write the full resolved config as YAML, atomically."""
     return write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines list every missing SIMD build
 
 
 def _index(dim: int, use_gpu: bool | None):

@@ -1,0 +1,215 @@
+"""Local features with one interface: keypoints ``(N, 4)`` = x, y, scale, angle and descriptors ``(N, D)``.
+
+Backends: ``rootsift`` (OpenCV SIFT + RootSIFT, no training, the default) and ``kornia-sift`` (kornia's
+differentiable SIFT, batched on GPU tensors when CUDA is present). Features of a split are cached in shards
+of ``shard_size`` images (``<dir>/<split>/shard_00000.npz``), each written atomically: a killed run loses at
+most one shard of work and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .artifacts import atomic_path, write_text
+from .recipes import config_digest
+from .data import ImageDataset
+
+log = logging.getLogger(__name__)
+BACKENDS = ("rootsift", "kornia-sift")
+
+
+@dataclass
+class LocalConfig:
+    """Which local features, how many, at what resolution."""
+
+    backend: str = "rootsift"
+    max_keypoints: int = 1000
+    max_side: int = 800  # images are downscaled so their long side is at most this
+    shard_size: int = 256
+    workers: int = 2
+    device: str = "auto"  # kornia-sift only
+
+
+@dataclass
+class Features:
+    """Local features of one image; ``size`` is (width, height) of the image they were extracted from."""
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    size: tuple[int, int]
+
+
+def _grey(img: Image.Image, max_side: int) -> np.ndarray:
+    grey = np.asarray(img.convert("L"))
+    scale = max_side / max(grey.shape)
+    if scale < 1:
+        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return grey
+
+
+def rootsift(img: Image.Image, max_keypoints: int = 1000, max_side: int = 800) -> Features:
+    """OpenCV SIFT keypoints with RootSIFT descriptors (L1-normalise, square root: Hellinger kernel)."""
+    grey = _grey(img, max_side)
+    sift = cv2.SIFT_create(nfeatures=max_keypoints)
+    kps, desc = sift.detectAndCompute(grey, None)
+    if desc is None or not kps:
+        return Features(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.float32), (grey.shape[1], grey.shape[0]))
+    order = np.argsort([-k.response for k in kps], kind="stable")[:max_keypoints]  # OpenCV may return ties
+    desc = desc[order]
+    desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    kp = np.array([(kps[i].pt[0], kps[i].pt[1], kps[i].size, kps[i].angle) for i in order], np.float32)
+    return Features(kp, desc, (grey.shape[1], grey.shape[0]))
+
+
+class RootSiftTransform:
+    """Picklable Dataset transform: PIL image -> Features (runs inside DataLoader workers)."""
+
+    def __init__(self, cfg: LocalConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, img: Image.Image) -> Features:
+        return rootsift(img, self.cfg.max_keypoints, self.cfg.max_side)
+
+
+def kornia_sift_batch(images: list[np.ndarray], max_keypoints: int, device: str) -> list[Features]:
+    """kornia SIFT (scale pyramid, orientation, SIFT descriptor with RootSIFT) on grey images, one image
+    at a time on ``device`` (kornia's detector takes a batch of one size; photos differ in size)."""
+    import kornia.feature as KF
+    import torch
+
+    detector = KF.SIFTFeature(num_features=max_keypoints, upright=False, rootsift=True, device=torch.device(device))
+    out = []
+    with torch.inference_mode():
+        for grey in images:
+            t = torch.from_numpy(grey).float().div(255)[None, None].to(device)
+            lafs, _, desc = detector(t)
+            centre = KF.get_laf_center(lafs)[0]
+            scale = KF.get_laf_scale(lafs)[0].reshape(-1, 1)
+            angle = KF.get_laf_orientation(lafs)[0].reshape(-1, 1)
+            kp = torch.cat([centre, scale, angle], dim=1).cpu().numpy().astype(np.float32)
+            out.append(Features(kp, desc[0].cpu().numpy().astype(np.float32), (grey.shape[1], grey.shape[0])))
+    return out
+
+
+class FeatureStore:
+    """Sharded, resumable cache of local features for one split; read back by image id."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard_*.npz"))
+
+    def done_ids(self) -> set[str]:
+        done: set[str] = set()
+        for shard in self.shards():
+            with np.load(shard) as z:
+                done.update(z["ids"].tolist())
+        return done
+
+    def write_shard(self, ids: list[str], feats: list[Features]) -> Path:
+        """One shard: concatenated keypoints/descriptors with per-image offsets, written atomically."""
+        index = len(self.shards())
+        path = self.folder / f"shard_{index:05d}.npz"
+        counts = np.array([len(f.keypoints) for f in feats], np.int64)
+        with atomic_path(path) as tmp:
+            np.savez(
+                tmp,
+                ids=np.array(ids),
+                offsets=np.concatenate([[0], np.cumsum(counts)]),
+                keypoints=np.concatenate([f.keypoints for f in feats]) if feats else np.zeros((0, 4), np.float32),
+                descriptors=(np.concatenate([f.descriptors for f in feats]) if feats
+                             else np.zeros((0, 128), np.float32)).astype(np.float16),
+                sizes=np.array([f.size for f in feats], np.int32).reshape(-1, 2),
+            )
+        return path
+
+    def load_all(self) -> dict[str, Features]:
+        """Every image of the split in memory (fine up to ~1e5 images; shard-wise access beyond)."""
+        out: dict[str, Features] = {}
+        for shard in self.shards():
+            out.update(_read_shard(str(shard)))
+        return out
+
+
+@lru_cache(maxsize=8)
+def _read_shard(path: str) -> dict[str, Features]:
+    with np.load(path) as z:
+        ids, offsets, kp, desc, sizes = z["ids"], z["offsets"], z["keypoints"], z["descriptors"], z["sizes"]
+        return {
+            str(i): Features(kp[offsets[n]: offsets[n + 1]], desc[offsets[n]: offsets[n + 1]].astype(np.float32),
+                             tuple(int(v) for v in sizes[n]))
+            for n, i in enumerate(ids)
+        }
+
+
+def extract_local(
+    cfg: LocalConfig, data_root, split: str, ids: Iterable[str], out_dir, progress: bool = True
+) -> FeatureStore:
+    """Extract (or finish extracting) local features of ``ids`` into ``out_dir/<backend>-<digest>/<split>/``.
+
+    The folder is named by the config's digest, so changing any setting starts a fresh cache.
+    """
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"unknown local-feature backend {cfg.backend!r}; choose one of {BACKENDS}")
+    keyed = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "shard_size")}
+    store = FeatureStore(Path(out_dir) / f"{cfg.backend}-{config_digest(keyed)}" / split)
+    write_text(store.folder.parent / "config.json", json.dumps(keyed, indent=2))
+    done = store.done_ids()
+    todo = [i for i in ids if i not in done]
+    if not todo:
+        return store
+    if cfg.backend == "kornia-sift":
+        return _extract_kornia(cfg, data_root, split, todo, store, progress)
+    dataset = ImageDataset(data_root, split, todo, RootSiftTransform(cfg), max_side=cfg.max_side)
+    loader = DataLoader(dataset, batch_size=16, num_workers=cfg.workers, collate_fn=list)
+    buf_ids: list[str] = []
+    buf: list[Features] = []
+    with tqdm(total=len(todo), desc=f"local features {split}", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            for feats, position, failure in batch:
+                if failure is not None:
+                    log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
+                    feats = Features(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.float32), (0, 0))
+                buf_ids.append(todo[position])
+                buf.append(feats)
+                if len(buf) >= cfg.shard_size:
+                    store.write_shard(buf_ids, buf)
+                    buf_ids, buf = [], []
+            bar.update(len(batch))
+    if buf:
+        store.write_shard(buf_ids, buf)
+    return store
+
+
+def _extract_kornia(cfg: LocalConfig, data_root, split, todo, store, progress) -> FeatureStore:
+    import torch
+
+    from .data import ImageLoadError, image_path, load_image
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    for start in tqdm(range(0, len(todo), cfg.shard_size), desc=f"kornia sift {split}", disable=not progress):
+        chunk = todo[start: start + cfg.shard_size]
+        greys = []
+        for image_id in chunk:
+            try:
+                greys.append(_grey(load_image(image_path(data_root, split, image_id), image_id, cfg.max_side),
+                                   cfg.max_side))
+            except ImageLoadError as exc:
+                log.warning("skipped %s image %s: %s", split, image_id, exc.reason)
+                greys.append(np.zeros((16, 16), np.uint8))
+        store.write_shard(chunk, kornia_sift_batch(greys, cfg.max_keypoints, device))
+    return store
