@@ -72,11 +72,10 @@ def _verified_pairs(cfg: CleanConfig, pairs: np.ndarray, ids: list[str], store: 
         columns=["a", "b", "inliers"])
     done_keys = set(zip(done["a"], done["b"]))
     todo = [(ids[i], ids[j]) for i, j in mine if (ids[i], ids[j]) not in done_keys]
-    feats = store.load_all()
-    chunk = 2000
+    chunk = 20_000  # pairs between two resumable saves of the rank's result file
     for start in range(0, len(todo), chunk):
         batch = todo[start: start + chunk]
-        inliers = verify_pairs(batch, feats, cfg.verify)
+        inliers = verify_pairs(batch, store, cfg.verify)
         done = pd.concat([done, pd.DataFrame({"a": [a for a, _ in batch], "b": [b for _, b in batch],
                                               "inliers": inliers})], ignore_index=True)
         atomic_write_csv(done, part)

@@ -10,13 +10,15 @@ call order. The output of a pair is its inlier count. Pairs run in parallel with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import cv2
 import numpy as np
 from joblib import Parallel, delayed
+from threadpoolctl import threadpool_limits
 
-from .local import Features
+from .local import Features, FeatureStore
 
 MODELS = ("homography", "affine", "degensac-homography", "degensac-fundamental")
 
@@ -88,25 +90,38 @@ def verify_pair(a: Features, b: Features, cfg: VerifyConfig) -> int:
     return ransac_inliers(src, dst, cfg)
 
 
-def _verify_chunk(pairs: Sequence[tuple[str, str]], feats: dict[str, Features], cfg: VerifyConfig) -> list[int]:
-    return [verify_pair(feats[a], feats[b], cfg) for a, b in pairs]
+def _verify_chunk(pairs: Sequence[tuple[str, str]], feats, cfg: VerifyConfig) -> list[int]:
+    if isinstance(feats, str):  # a feature-store folder: read (once per worker process) instead of pickling
+        feats = _store_features(feats)
+    with threadpool_limits(1):  # one BLAS thread per worker: the workers are the parallelism
+        return [verify_pair(feats[a], feats[b], cfg) for a, b in pairs]
+
+
+@lru_cache(maxsize=2)
+def _store_features(folder: str) -> dict[str, Features]:
+    return FeatureStore(folder).load_all()
 
 
 def verify_pairs(
-    pairs: Sequence[tuple[str, str]], feats: dict[str, Features], cfg: VerifyConfig, chunk: int = 256
+    pairs: Sequence[tuple[str, str]], feats: dict[str, Features] | FeatureStore, cfg: VerifyConfig,
+    chunk: int = 512,
 ) -> np.ndarray:
-    """Inlier counts of many pairs of image ids, in parallel chunks; order of ``pairs`` kept."""
+    """Inlier counts of many pairs of image ids, in parallel chunks; order of ``pairs`` kept.
+
+    Give a :class:`FeatureStore` to run ``cfg.workers`` processes that read the features themselves
+    (nothing large is pickled); a dict of features runs in threads.
+    """
     if cfg.model not in MODELS:
         raise ValueError(f"unknown geometric model {cfg.model!r}; choose one of {MODELS}")
     if not pairs:
         return np.zeros(0, np.int64)
     chunks = [pairs[i: i + chunk] for i in range(0, len(pairs), chunk)]
-    if cfg.workers <= 1:
-        results = [_verify_chunk(c, feats, cfg) for c in chunks]
+    if isinstance(feats, FeatureStore):
+        source, backend = str(feats.folder), "processes"
     else:
-        jobs = []
-        for c in chunks:
-            needed = {i for pair in c for i in pair}
-            jobs.append(delayed(_verify_chunk)(c, {i: feats[i] for i in needed}, cfg))
-        results = Parallel(n_jobs=cfg.workers)(jobs)
+        source, backend = feats, "threads"
+    if cfg.workers <= 1:
+        results = [_verify_chunk(c, source, cfg) for c in chunks]
+    else:
+        results = Parallel(n_jobs=cfg.workers, prefer=backend)(delayed(_verify_chunk)(c, source, cfg) for c in chunks)
     return np.fromiter((n for r in results for n in r), dtype=np.int64, count=len(pairs))

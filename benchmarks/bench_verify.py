@@ -1,0 +1,65 @@
+"""Spatial-verification throughput: ``verify_pairs`` (joblib, W workers) against the bare per-pair calls.
+
+The limit is measured in the same run: matching + RANSAC called in a plain loop in one process gives
+seconds per pair; W workers can at best do W / that. Reported: pairs/s of both and their ratio (target
+>= 0.8, issue 5). Uses the train split of a synthetic competition (generated if missing).
+
+    python benchmarks/bench_verify.py [--data runs/demo/synthetic --pairs 2000 --workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from landmark_kit.local import LocalConfig, extract_local
+from landmark_kit.synthetic import SyntheticConfig, generate
+from landmark_kit.verify import VerifyConfig, match_descriptors, ransac_inliers, verify_pairs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default="runs/demo/synthetic")
+    ap.add_argument("--pairs", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", default="homography")
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not (data / "train.csv").is_file():
+        generate(data, SyntheticConfig(), progress=False)
+    ids = pd.read_csv(data / "train.csv", dtype={"id": str})["id"].tolist()
+    tmp = tempfile.TemporaryDirectory()
+    store = extract_local(LocalConfig(), data, "train", ids, tmp.name, progress=False)
+    feats = store.load_all()
+    rng = np.random.default_rng(0)
+    pairs = [(ids[i], ids[j]) for i, j in rng.integers(0, len(ids), (args.pairs, 2)) if i != j]
+    cfg = VerifyConfig(model=args.model, workers=args.workers)
+
+    start = time.perf_counter()
+    with threadpool_limits(1):  # the bare loop uses one core, like each worker
+        for a, b in pairs:
+            m = match_descriptors(feats[a].descriptors, feats[b].descriptors, cfg.ratio, cfg.mutual)
+            if len(m) >= cfg.min_matches:
+                ransac_inliers(feats[a].keypoints[m[:, 0], :2].astype(np.float64),
+                               feats[b].keypoints[m[:, 1], :2].astype(np.float64), cfg)
+    bare = time.perf_counter() - start
+    start = time.perf_counter()
+    verify_pairs(pairs, store, cfg)
+    full = time.perf_counter() - start
+    limit = args.workers * len(pairs) / bare
+    measured = len(pairs) / full
+    print(json.dumps({"pairs": len(pairs), "workers": args.workers, "model": args.model,
+                      "bare_ms_per_pair": round(1000 * bare / len(pairs), 3),
+                      "limit_pairs_per_s": round(limit, 1), "verify_pairs_per_s": round(measured, 1),
+                      "ratio": round(measured / limit, 3)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
