@@ -93,7 +93,7 @@ def kornia_sift_batch(images: list[np.ndarray], max_keypoints: int, device: str)
     out = []
     with torch.inference_mode():
         for grey in images:
-            t = torch.from_numpy(grey).float().div(255)[None, None].to(device)
+            t = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32) / 255)[None, None].to(device)
             lafs, _, desc = detector(t)
             centre = KF.get_laf_center(lafs)[0]
             scale = KF.get_laf_scale(lafs)[0].reshape(-1, 1)

@@ -33,3 +33,26 @@ def test_changed_config_gets_its_own_cache(tiny_competition, tmp_path):
     b = extract_local(LocalConfig(workers=0, max_keypoints=200), tiny_competition, "train", ids, tmp_path)
     assert a.folder != b.folder
     assert max(len(f.keypoints) for f in a.load_all().values()) <= 100
+
+
+def test_kornia_sift_backend_matches_a_known_homography():
+    import cv2
+
+    from landmark_kit.local import kornia_sift_batch
+    from landmark_kit.verify import VerifyConfig, verify_pair
+    from test_verify import H, _texture
+
+    a = cv2.cvtColor(_texture(0, (240, 320)), cv2.COLOR_RGB2GRAY)
+    b = cv2.warpPerspective(a, H, (a.shape[1], a.shape[0]))
+    fa, fb = kornia_sift_batch([a, b], 300, "cpu")
+    assert fa.keypoints.shape[1] == 4 and fa.descriptors.shape == (len(fa.keypoints), 128)
+    assert np.allclose(np.linalg.norm(fa.descriptors, axis=1), 1, atol=1e-3)  # RootSIFT is unit-norm
+    assert verify_pair(fa, fb, VerifyConfig()) >= 50
+
+
+def test_kornia_backend_through_the_cache(tiny_competition, tmp_path):
+    ids = pd.read_csv(tiny_competition / "train.csv", dtype={"id": str})["id"].tolist()[:2]
+    store = extract_local(LocalConfig(backend="kornia-sift", max_keypoints=100, max_side=256, device="cpu"),
+                          tiny_competition, "train", ids, tmp_path, progress=False)
+    feats = store.load_all()
+    assert set(feats) == set(ids) and all(0 < len(f.keypoints) <= 100 for f in feats.values())
