@@ -18,7 +18,7 @@ import json
 import os
 import string
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .artifacts import write_bytes
 from .data import atomic_write_csv, image_path
+from .recipes import add_recipe_flags, flag_overrides, load_recipe
 from .submission import write_recognition, write_retrieval
 
 
@@ -648,20 +649,14 @@ def _write_tables(out: Path, cfg: SyntheticConfig, items: list[Item], label_ids:
     write_retrieval(out / "retrieval_sample_submission.csv", test_ids, [[] for _ in test_ids])
 
 
-def _parse_args(argv: list[str] | None = None) -> tuple[str, SyntheticConfig]:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (Kaggle layout)")
-    for f in fields(SyntheticConfig):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    args = vars(ap.parse_args(argv))
-    out = args.pop("out")
-    return out, SyntheticConfig(**args)
-
-
-def main(argv: list[str] | None = None) -> None:
-    out, cfg = _parse_args(argv)
-    summary = generate(out, cfg)
-    print(json.dumps(summary))
+    ap.add_argument("--recipe", help="YAML with SyntheticConfig fields (flags override it)")
+    add_recipe_flags(ap, SyntheticConfig)
+    args = ap.parse_args(argv)
+    cfg = load_recipe(SyntheticConfig, args.recipe, flag_overrides(args, SyntheticConfig))
+    print(json.dumps(generate(args.out, cfg)))
 
 
 if __name__ == "__main__":
