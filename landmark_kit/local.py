@@ -36,6 +36,7 @@ class LocalConfig:
 
     backend: str = "rootsift"
     max_keypoints: int = 1000
+    contrast_threshold: float = 0.04  # OpenCV SIFT's; lower finds more keypoints on small or flat images
     max_side: int = 800  # images are downscaled so their long side is at most this
     shard_size: int = 256
     workers: int = 2
@@ -59,10 +60,12 @@ def _grey(img: Image.Image, max_side: int) -> np.ndarray:
     return grey
 
 
-def rootsift(img: Image.Image, max_keypoints: int = 1000, max_side: int = 800) -> Features:
+def rootsift(
+    img: Image.Image, max_keypoints: int = 1000, max_side: int = 800, contrast_threshold: float = 0.04
+) -> Features:
     """OpenCV SIFT keypoints with RootSIFT descriptors (L1-normalise, square root: Hellinger kernel)."""
     grey = _grey(img, max_side)
-    sift = cv2.SIFT_create(nfeatures=max_keypoints)
+    sift = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=contrast_threshold)
     kps, desc = sift.detectAndCompute(grey, None)
     if desc is None or not kps:
         return Features(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.float32), (grey.shape[1], grey.shape[0]))
@@ -80,7 +83,7 @@ class RootSiftTransform:
         self.cfg = cfg
 
     def __call__(self, img: Image.Image) -> Features:
-        return rootsift(img, self.cfg.max_keypoints, self.cfg.max_side)
+        return rootsift(img, self.cfg.max_keypoints, self.cfg.max_side, self.cfg.contrast_threshold)
 
 
 def kornia_sift_batch(images: list[np.ndarray], max_keypoints: int, device: str) -> list[Features]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,8 @@ class TrainConfig:
     head_lr_mult: float = 10.0  # the freshly initialised neck and head learn faster than the backbone
     momentum: float = 0.9
     weight_decay: float = 1e-5
+    warmup_epochs: float = 1.0  # linear LR warm-up before the cosine decay
+    grad_clip: float = 5.0  # max gradient norm (0 = off); keeps high-LR fine-tuning from diverging
     augment: str = "soft"  # soft: crop/scale + light colour | hard: + shear, stronger brightness
     train_csv: str | None = None  # default <data_root>/train.csv (e.g. a cleaned CSV from stage 01)
     workers: int = 2
@@ -96,6 +100,13 @@ def _atomic_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine annealing to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The sample order of one epoch: a pure function of (seed, epoch), so a resumed run replays it."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
@@ -134,7 +145,9 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
     )
     steps_per_epoch = -(-len(dataset) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(warmup_cosine, warmup=int(cfg.warmup_epochs * steps_per_epoch),
+                           total=cfg.epochs * steps_per_epoch))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -178,6 +191,10 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
                     loss = criterion(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                   cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()

@@ -132,3 +132,13 @@ def test_ensemble_cli_with_flag_overrides(trained, tiny_competition, tmp_path):
     nn = np.load(tmp_path / "w" / "neighbours" / "test_train.npz")
     assert nn["indices"].shape[1] == 3
     assert "k_train: 3" in (tmp_path / "w" / "ensemble.yaml").read_text()
+
+
+def test_warmup_cosine_schedule():
+    from landmark_kit.train import warmup_cosine
+
+    factors = [warmup_cosine(s, warmup=4, total=20) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[-1] < 0.01
+    assert warmup_cosine(0, warmup=0, total=10) == 1.0
