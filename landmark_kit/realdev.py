@@ -23,7 +23,7 @@ from PIL import Image
 
 from .artifacts import write_bytes
 from .data import atomic_write_csv, image_path
-from .submission import write_recognition, write_retrieval
+from .submission import write_competition_files
 
 EXTENSIONS = {".jpg", ".jpeg", ".png"}
 DISTRACTOR = "distractor"
@@ -84,20 +84,9 @@ def build(src: str | os.PathLike, out: str | os.PathLike) -> dict:
     atomic_write_csv(plan, out / "ground_truth.csv")
     train = plan[plan.split == "train"]
     atomic_write_csv(train[["id", "landmark_id"]], out / "train.csv")
-    test = plan[plan.split == "test"].sort_values("id").reset_index(drop=True)
+    test = plan[plan.split == "test"].sort_values("id")
     usage = ["Public" if i % 2 == 0 else "Private" for i in range(len(test))]
-    atomic_write_csv(pd.DataFrame({"id": test["id"], "landmarks": [str(x) if x >= 0 else "" for x in
-                                                                   test["landmark_id"]], "Usage": usage}),
-                     out / "recognition_solution.csv")
-    index = plan[plan.split == "index"]
-    positives = index[index.landmark_id >= 0].groupby("landmark_id")["id"].apply(lambda s: " ".join(sorted(s)))
-    images = [positives.get(x, "") if x >= 0 else "" for x in test["landmark_id"]]
-    atomic_write_csv(pd.DataFrame({"id": test["id"], "images": images,
-                                   "Usage": [u if im else "Ignored" for u, im in zip(usage, images)]}),
-                     out / "retrieval_solution.csv")
-    ids = test["id"].tolist()
-    write_recognition(out / "recognition_sample_submission.csv", ids, [None] * len(ids), [0.0] * len(ids))
-    write_retrieval(out / "retrieval_sample_submission.csv", ids, [[] for _ in ids])
+    write_competition_files(out, test, plan[plan.split == "index"], usage)
     summary = {"landmarks": len(landmarks), **plan["split"].value_counts().to_dict()}
     (out / "realdev.json").write_text(json.dumps({"source": str(src), "labels": label_of, **summary}, indent=2))
     return summary

@@ -337,3 +337,28 @@ def write_submissions(
     if errors:
         raise RuntimeError("invalid submission written:\n" + "\n".join(errors))
     return rec, ret
+
+
+def write_competition_files(
+    out: str | os.PathLike, test: pd.DataFrame, index: pd.DataFrame, usage: Sequence[str]
+) -> None:
+    """Solutions and sample submissions of a competition folder from its ground truth.
+
+    ``test`` and ``index`` have columns ``id`` and ``landmark_id`` (-1 = no landmark); ``usage`` is Public or
+    Private per test row. A test image's retrieval ground truth is the index images of its landmark;
+    queries with none are Ignored, as in the GLDv2 retrieval solution.
+    """
+    from .data import atomic_write_csv
+
+    out = Path(out)
+    ids = test["id"].tolist()
+    labels = test["landmark_id"].tolist()
+    atomic_write_csv(pd.DataFrame({"id": ids, "landmarks": [str(x) if x >= 0 else "" for x in labels],
+                                   "Usage": list(usage)}), out / "recognition_solution.csv")
+    positives = index[index["landmark_id"] >= 0].groupby("landmark_id")["id"].apply(lambda s: " ".join(sorted(s)))
+    images = [positives.get(x, "") if x >= 0 else "" for x in labels]
+    atomic_write_csv(pd.DataFrame({"id": ids, "images": images,
+                                   "Usage": [u if im else "Ignored" for u, im in zip(usage, images)]}),
+                     out / "retrieval_solution.csv")
+    write_recognition(out / "recognition_sample_submission.csv", ids, [None] * len(ids), [0.0] * len(ids))
+    write_retrieval(out / "retrieval_sample_submission.csv", ids, [[] for _ in ids])

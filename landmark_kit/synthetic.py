@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .artifacts import write_bytes
 from .data import atomic_write_csv, image_path
 from .recipes import add_recipe_flags, flag_overrides, load_recipe
-from .submission import write_recognition, write_retrieval
+from .submission import write_competition_files
 
 
 @dataclass
@@ -626,27 +626,9 @@ def _write_tables(out: Path, cfg: SyntheticConfig, items: list[Item], label_ids:
     atomic_write_csv(train[["id", "filed_landmark_id"]].rename(columns={"filed_landmark_id": "landmark_id"}),
                      out / "train.csv")
     test = gt[gt.split == "test"].sort_values("id")
-    index = gt[gt.split == "index"]
     rng = np.random.default_rng(cfg.seed + 1)
-    usage = np.where(rng.random(len(test)) < cfg.public_fraction, "Public", "Private")
-    recog = pd.DataFrame({
-        "id": test["id"].to_numpy(),
-        "landmarks": [str(x) if x >= 0 else "" for x in test["landmark_id"]],
-        "Usage": usage,
-    })
-    atomic_write_csv(recog, out / "recognition_solution.csv")
-    by_label = index[index.landmark_id >= 0].groupby("landmark_id")["id"].apply(lambda s: " ".join(sorted(s)))
-    images = [by_label.get(x, "") if x >= 0 else "" for x in test["landmark_id"]]
-    retr = pd.DataFrame({
-        "id": test["id"].to_numpy(),
-        "images": images,
-        "Usage": np.where([bool(s) for s in images], usage, "Ignored"),
-    })
-    atomic_write_csv(retr, out / "retrieval_solution.csv")
-    test_ids = test["id"].tolist()
-    write_recognition(out / "recognition_sample_submission.csv", test_ids, [None] * len(test_ids),
-                      [0.0] * len(test_ids))
-    write_retrieval(out / "retrieval_sample_submission.csv", test_ids, [[] for _ in test_ids])
+    usage = np.where(rng.random(len(test)) < cfg.public_fraction, "Public", "Private").tolist()
+    write_competition_files(out, test, gt[gt.split == "index"], usage)
 
 
 def main(argv: list[str] | None = None) -> None:
