@@ -104,6 +104,14 @@ def load_features(folder: str | os.PathLike, split: str, mmap: bool = True) -> t
     return feats, ids
 
 
+def save_features(folder: str | os.PathLike, split: str, feats: np.ndarray, ids: list[str]) -> None:
+    """Write one split's descriptors (float32 .npy) and their ids, each atomically; :func:`load_features` reads them."""
+    folder = Path(folder)
+    write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
+    with atomic_path(folder / f"{split}.npy") as tmp:
+        np.save(tmp, np.asarray(feats, dtype=np.float32))
+
+
 def member_identity(member: MemberConfig) -> dict:
     """The member's config plus a digest of its checkpoint: descriptors are reusable only if both match."""
     identity = to_dict(member)
@@ -115,11 +123,9 @@ def member_identity(member: MemberConfig) -> dict:
     return identity
 
 
-def _is_done(folder: Path, split: str, ids: list[str], identity: dict) -> bool:
-    meta = folder / "member.json"
-    if not (folder / f"{split}.npy").is_file() or not meta.is_file():
-        return False
-    if json.loads(meta.read_text()) != identity:
+def _is_done(folder: Path, split: str, ids: list[str]) -> bool:
+    """A split is finished when its descriptors exist for exactly these ids (stale members were cleared)."""
+    if not (folder / f"{split}.npy").is_file() or not (folder / f"{split}.ids").is_file():
         return False
     return (folder / f"{split}.ids").read_text().split() == ids
 
@@ -132,24 +138,23 @@ def extract_member(
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "member.json"
     identity = member_identity(member)
-    if meta.is_file() and json.loads(meta.read_text()) != identity:
-        for stale in folder.glob("*.npy"):  # the member changed: old descriptors are not reusable
+    if not meta.is_file() or json.loads(meta.read_text()) != identity:
+        for stale in folder.glob("*.npy"):  # unknown or changed member: old descriptors are not reusable
             stale.unlink()
     write_text(meta, json.dumps(identity, indent=2))
     model, device = None, resolve_device(cfg.device)
     for split in splits:
         ids = split_ids(data_root, split, train_csv)
-        if _is_done(folder, split, ids, identity):
+        if _is_done(folder, split, ids):
             log.info("%s/%s already extracted", member.name, split)
             continue
-        model = model or build_member(member, device)
+        if model is None:
+            model = build_member(member, device)
         feats, failures = describe_split(model, data_root, split, ids, member.image_size, cfg.batch_size,
                                          cfg.workers, str(device))
         pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]).to_csv(
             folder / f"{split}.failed.csv", index=False)
-        write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
-        with atomic_path(folder / f"{split}.npy") as tmp:
-            np.save(tmp, feats.astype(np.float32))
+        save_features(folder, split, feats, ids)
     return folder
 
 
@@ -168,9 +173,7 @@ def concatenate(members: list[MemberConfig], workdir, splits=SPLITS) -> Path:
         joined = np.concatenate(parts, axis=1)
         norms = np.linalg.norm(joined, axis=1, keepdims=True)
         joined /= np.maximum(norms, 1e-12)
-        write_text(out / f"{split}.ids", "\n".join(ids) + "\n")
-        with atomic_path(out / f"{split}.npy") as tmp:
-            np.save(tmp, joined)
+        save_features(out, split, joined, ids)
     return out
 
 
