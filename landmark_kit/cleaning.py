@@ -176,8 +176,9 @@ def _removed_montage(removed: pd.DataFrame, data_root, path: Path, tile: int = 1
 def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) -> dict:
     """Run the whole cleaning into ``out_dir``; returns the report (also ``report.json``).
 
-    ``workdir`` holds the reusable intermediates (global descriptors, local features); default
-    ``out_dir/work``. With ``world_size`` > 1 each rank verifies every world_size-th pair into its own
+    ``workdir`` holds the reusable intermediates in the stage-03 layout (``features/<member>/``, plus
+    ``local/``); default ``out_dir/work``. Pointing it at a stage-03 run directory of the same member reuses
+    that run's train descriptors. With ``world_size`` > 1 each rank verifies every world_size-th pair into its own
     resumable ``pairs_rank*.csv``; whichever rank finds all of them complete merges and decides.
     """
     out = Path(out_dir)
@@ -190,8 +191,8 @@ def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) ->
 
     ens = load_ensemble(cfg.ensemble)
     member = ens.members[0]
-    extract_member(member, ens, data_root, work / "global", splits=("train",), train_csv=train_csv)
-    feats, feat_ids = load_features(work / "global" / "features" / member.name, "train", mmap=False)
+    extract_member(member, ens, data_root, work, splits=("train",), train_csv=train_csv)
+    feats, feat_ids = load_features(work / "features" / member.name, "train", mmap=False)
     if feat_ids != ids:
         raise RuntimeError("global descriptors do not match the train list; delete the work folder")
     _, neighbours = knn(feats, feats, min(cfg.k + 1, len(ids)))

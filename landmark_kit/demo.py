@@ -54,10 +54,13 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_cleaning(data: Path, out: Path) -> None:
-    """Stage 01 with ``cleaning/synthetic.yaml``, reported against the injected-noise ground truth."""
+def run_cleaning(data: Path, out: Path, workdir: Path) -> None:
+    """Stage 01 with ``cleaning/synthetic.yaml``, reported against the injected-noise ground truth.
+
+    ``workdir`` is the imagenet-lite0 ensemble run, whose train descriptors the cleaning kNN shares.
+    """
     start = time.time()
-    report = clean(load_recipe(CleanConfig, REPO / "cleaning" / "synthetic.yaml"), data, out)
+    report = clean(load_recipe(CleanConfig, REPO / "cleaning" / "synthetic.yaml"), data, out, workdir)
     truth = report["against_ground_truth"]
     print(f"cleaning ({time.time() - start:.0f} s): kept {report['kept']} of {report['images']} train images; "
           f"noise precision {truth['precision']:.3f}, recall {truth['recall']:.3f}, "
@@ -69,7 +72,7 @@ def run_demo(workdir: Path, synthetic: SyntheticConfig, train_overrides: dict | 
     data = workdir / "synthetic"
     subs = workdir / "submissions"
     ensure_synthetic(data, synthetic)
-    run_cleaning(data, workdir / "cleaning" / "synthetic")
+    run_cleaning(data, workdir / "cleaning" / "synthetic", workdir / "ensemble" / "imagenet-lite0")
     rows = [score_row("colour histogram kNN (no learning)", data,
                       *run_histogram_baseline(data, subs / "histogram-knn"))]
     train_cfg = load_recipe(TrainConfig, REPO / "training" / "synthetic-lite0.yaml", train_overrides)
