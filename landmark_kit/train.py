@@ -54,6 +54,10 @@ class TrainConfig:
     weight_decay: float = 1e-5
     warmup_epochs: float = 1.0  # linear LR warm-up before the cosine decay
     grad_clip: float = 5.0  # max gradient norm (0 = off); keeps high-LR fine-tuning from diverging
+    local_head: bool = False  # also train a DELG attention + autoencoder local head (local backend "delg")
+    local_dim: int = 128
+    attention_weight: float = 1.0  # DELG's loss weights: attention cross-entropy, autoencoder reconstruction
+    reconstruction_weight: float = 10.0
     augment: str = "soft"  # soft: crop/scale + light colour | hard: + shear, stronger brightness
     train_csv: str | None = None  # default <data_root>/train.csv (e.g. a cleaned CSV from stage 01)
     workers: int = 2
@@ -92,7 +96,8 @@ def train_transform(cfg: TrainConfig, mean, std):
 
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[LandmarkNet, MarginHead]:
     backbone = create_backbone(cfg.model, cfg.weights, cfg.pretrained)
-    return LandmarkNet(backbone, cfg.dim, cfg.gem_p), MarginHead(cfg.dim, num_classes, cfg.head, cfg.scale, cfg.margin)
+    net = LandmarkNet(backbone, cfg.dim, cfg.gem_p, num_classes if cfg.local_head else 0, cfg.local_dim)
+    return net, MarginHead(cfg.dim, num_classes, cfg.head, cfg.scale, cfg.margin)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -138,7 +143,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
     dataset = ImageDataset(data_root, "train", train_df["id"].tolist(),
                            train_transform(cfg, *input_normalisation(model.backbone)), max_side=cfg.image_size * 2)
 
-    neck = list(model.pool.parameters()) + list(model.fc.parameters()) + list(model.bn.parameters())
+    neck = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
     optimizer = torch.optim.SGD(
         [{"params": model.backbone.parameters(), "lr": cfg.lr},
          {"params": neck + list(head.parameters()), "lr": cfg.lr * cfg.head_lr_mult}],
@@ -187,8 +192,15 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
                 images = images.to(device, non_blocking=True)
                 labels = targets[positions].to(device)
                 with torch.autocast(device.type, enabled=use_amp):
-                    logits = head(model(images), labels)
-                    loss = criterion(logits, labels)
+                    if model.local is None:
+                        logits = head(model(images), labels)
+                        loss = criterion(logits, labels)
+                    else:
+                        embedding, fmap = model.forward_with_local(images)
+                        logits = head(embedding, labels)
+                        attention, reconstruction = model.local.losses(fmap, labels)
+                        loss = (criterion(logits, labels) + cfg.attention_weight * attention
+                                + cfg.reconstruction_weight * reconstruction)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip > 0:
@@ -222,6 +234,7 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     """A trained LandmarkNet from ``model.pt`` (``weights_only=True``), in eval mode, with its config."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = from_dict(TrainConfig, state["config"], str(path))
-    model = LandmarkNet(create_backbone(cfg.model), cfg.dim, cfg.gem_p)
+    local_classes = len(state["classes"]) if cfg.local_head else 0
+    model = LandmarkNet(create_backbone(cfg.model), cfg.dim, cfg.gem_p, local_classes, cfg.local_dim)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg

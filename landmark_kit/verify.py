@@ -15,6 +15,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
@@ -35,27 +36,53 @@ class VerifyConfig:
     max_iters: int = 2000
     min_matches: int = 8  # fewer tentative matches: 0 inliers, no RANSAC call
     workers: int = 2
+    device: str = "auto"  # "cuda": batched matching on the GPU, RANSAC in CPU workers; "auto" picks it if present
+    gpu_batch: int = 32  # pairs per batched GPU product
 
 
-def match_descriptors(a: np.ndarray, b: np.ndarray, ratio: float = 0.85, mutual: bool = True) -> np.ndarray:
+def match_descriptors(a, b, ratio: float = 0.85, mutual: bool = True) -> np.ndarray:
     """Tentative matches ``(M, 2)`` (index in a, index in b): ratio test on L2 distances, optionally mutual.
 
-    Descriptors are L2-normalised (RootSIFT is), so squared distances come from one matrix product.
+    Descriptors are L2-normalised (RootSIFT is), so distances come from one matrix product (torch: 2-3x
+    numpy's argpartition on CPU, and the same code runs on a GPU when given CUDA tensors).
     """
-    if len(a) < 2 or len(b) < 2:
-        return np.zeros((0, 2), np.int64)
-    sim = a @ b.T
-    dist = np.sqrt(np.maximum(2.0 - 2.0 * sim, 0.0))
-    two = np.argpartition(dist, 1, axis=1)[:, :2]
-    d2 = np.take_along_axis(dist, two, axis=1)
-    order = np.argsort(d2, axis=1)
-    best = np.take_along_axis(two, order, axis=1)[:, 0]
-    d_sorted = np.take_along_axis(d2, order, axis=1)
-    keep = d_sorted[:, 0] < ratio * d_sorted[:, 1]
+    return match_batch([(a, b)], ratio, mutual)[0]
+
+
+def match_batch(pairs: Sequence[tuple], ratio: float = 0.85, mutual: bool = True, device: str = "cpu") -> list:
+    """:func:`match_descriptors` of many descriptor pairs as one padded batched product on ``device``.
+
+    Padding rows/columns are masked with -inf similarity, so every pair's matches equal the one-pair result.
+    """
+    out: list[np.ndarray] = [np.zeros((0, 2), np.int64)] * len(pairs)
+    live = [n for n, (a, b) in enumerate(pairs) if len(a) >= 2 and len(b) >= 2]
+    if not live:
+        return out
+    na = max(len(pairs[n][0]) for n in live)
+    nb = max(len(pairs[n][1]) for n in live)
+    dim = pairs[live[0]][0].shape[1]
+    A = torch.zeros((len(live), na, dim), device=device)
+    B = torch.zeros((len(live), nb, dim), device=device)
+    valid_a = torch.zeros((len(live), na), dtype=torch.bool, device=device)
+    valid_b = torch.zeros((len(live), nb), dtype=torch.bool, device=device)
+    for row, n in enumerate(live):
+        a, b = (torch.as_tensor(x, dtype=torch.float32) for x in pairs[n])
+        A[row, : len(a)], B[row, : len(b)] = a.to(device), b.to(device)
+        valid_a[row, : len(a)], valid_b[row, : len(b)] = True, True
+    sim = torch.bmm(A, B.transpose(1, 2))
+    sim.masked_fill_(~valid_b[:, None, :], -torch.inf)
+    top = sim.topk(2, dim=2)
+    dist = torch.sqrt(torch.clamp(2.0 - 2.0 * top.values, min=0.0))
+    best = top.indices[..., 0]
+    keep = (dist[..., 0] < ratio * dist[..., 1]) & valid_a
     if mutual:
-        keep &= dist.argmin(axis=0)[best] == np.arange(len(a))
-    idx = np.flatnonzero(keep)
-    return np.stack([idx, best[idx]], axis=1)
+        back = sim.masked_fill(~valid_a[:, :, None], -torch.inf).argmax(dim=1)
+        keep &= torch.gather(back, 1, best) == torch.arange(na, device=device)[None]
+    keep, best = keep.cpu().numpy(), best.cpu().numpy()
+    for row, n in enumerate(live):
+        idx = np.flatnonzero(keep[row])
+        out[n] = np.stack([idx, best[row, idx]], axis=1).astype(np.int64)
+    return out
 
 
 def ransac_inliers(src: np.ndarray, dst: np.ndarray, cfg: VerifyConfig) -> int:
@@ -82,24 +109,48 @@ def ransac_inliers(src: np.ndarray, dst: np.ndarray, cfg: VerifyConfig) -> int:
 
 def verify_pair(a: Features, b: Features, cfg: VerifyConfig) -> int:
     """Inlier count of one image pair."""
-    matches = match_descriptors(a.descriptors, b.descriptors, cfg.ratio, cfg.mutual)
-    if len(matches) < cfg.min_matches:
-        return 0
-    src = a.keypoints[matches[:, 0], :2].astype(np.float64)
-    dst = b.keypoints[matches[:, 1], :2].astype(np.float64)
-    return ransac_inliers(src, dst, cfg)
+    m = match_descriptors(a.descriptors, b.descriptors, cfg.ratio, cfg.mutual)
+    return ransac_inliers(a.keypoints[m[:, 0], :2].astype(np.float64), b.keypoints[m[:, 1], :2].astype(np.float64),
+                          cfg)
 
 
 def _verify_chunk(pairs: Sequence[tuple[str, str]], feats, cfg: VerifyConfig) -> list[int]:
     if isinstance(feats, str):  # a feature-store folder: read (once per worker process) instead of pickling
         feats = _store_features(feats)
-    with threadpool_limits(1):  # one BLAS thread per worker: the workers are the parallelism
+        torch.set_num_threads(1)  # one thread per worker process: the workers are the parallelism
+    with threadpool_limits(1):
         return [verify_pair(feats[a], feats[b], cfg) for a, b in pairs]
+
+
+def _ransac_chunk(points: Sequence[tuple[np.ndarray, np.ndarray]], cfg: VerifyConfig) -> list[int]:
+    with threadpool_limits(1):
+        return [ransac_inliers(src, dst, cfg) for src, dst in points]
 
 
 @lru_cache(maxsize=2)
 def _store_features(folder: str) -> dict[str, Features]:
     return FeatureStore(folder).load_all()
+
+
+def _device(cfg: VerifyConfig) -> str:
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def _verify_gpu(pairs: Sequence[tuple[str, str]], feats: dict[str, Features], cfg: VerifyConfig, device: str,
+                chunk: int) -> list[list[int]]:
+    """Batched matching on ``device`` in this process; RANSAC of the matched points in CPU worker processes."""
+    points = []
+    for start in range(0, len(pairs), cfg.gpu_batch):
+        batch = pairs[start: start + cfg.gpu_batch]
+        matches = match_batch([(feats[a].descriptors, feats[b].descriptors) for a, b in batch], cfg.ratio,
+                              cfg.mutual, device)
+        for (a, b), m in zip(batch, matches):
+            points.append((feats[a].keypoints[m[:, 0], :2].astype(np.float64),
+                           feats[b].keypoints[m[:, 1], :2].astype(np.float64)))
+    chunks = [points[i: i + chunk] for i in range(0, len(points), chunk)]
+    return Parallel(n_jobs=max(cfg.workers, 1))(delayed(_ransac_chunk)(c, cfg) for c in chunks)
 
 
 def verify_pairs(
@@ -108,13 +159,19 @@ def verify_pairs(
 ) -> np.ndarray:
     """Inlier counts of many pairs of image ids, in parallel chunks; order of ``pairs`` kept.
 
-    Give a :class:`FeatureStore` to run ``cfg.workers`` processes that read the features themselves
-    (nothing large is pickled); a dict of features runs in threads.
+    On CPU, give a :class:`FeatureStore` to run ``cfg.workers`` processes that read the features themselves
+    (nothing large is pickled); a dict of features runs in threads. With a GPU (``cfg.device``), matching is
+    batched on it and only matched coordinates go to the RANSAC workers.
     """
     if cfg.model not in MODELS:
         raise ValueError(f"unknown geometric model {cfg.model!r}; choose one of {MODELS}")
     if not pairs:
         return np.zeros(0, np.int64)
+    device = _device(cfg)
+    if device != "cpu":
+        loaded = feats.load_all() if isinstance(feats, FeatureStore) else feats
+        results = _verify_gpu(pairs, loaded, cfg, device, chunk)
+        return np.fromiter((n for r in results for n in r), dtype=np.int64, count=len(pairs))
     chunks = [pairs[i: i + chunk] for i in range(0, len(pairs), chunk)]
     if isinstance(feats, FeatureStore):
         source, backend = str(feats.folder), "processes"

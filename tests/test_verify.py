@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from landmark_kit.local import rootsift
-from landmark_kit.verify import VerifyConfig, match_descriptors, verify_pair, verify_pairs
+from landmark_kit.verify import VerifyConfig, _verify_gpu, match_batch, match_descriptors, verify_pair, verify_pairs
 
 
 def _texture(seed: int, size=(360, 480)) -> np.ndarray:
@@ -56,6 +56,44 @@ def test_mutual_ratio_matching_on_hand_made_descriptors():
     # an ambiguous descriptor (equidistant to two) fails the ratio test
     b2 = np.vstack([b, b[0]])
     assert 2 not in match_descriptors(a, b2, ratio=0.9)[:, 0]
+
+
+def _reference_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> set:
+    """Literal mutual-NN + ratio test, one descriptor at a time."""
+    dist = np.linalg.norm(a[:, None] - b[None], axis=2)
+    out = set()
+    for i, row in enumerate(dist):
+        j, k = np.argsort(row)[:2]
+        if row[j] < ratio * row[k] and dist[:, j].argmin() == i:
+            out.add((i, j))
+    return out
+
+
+def test_batched_matching_equals_reference_with_padding():
+    rng = np.random.default_rng(0)
+    pairs = []
+    for na, nb in [(30, 50), (50, 20), (1, 10), (12, 12)]:
+        a = rng.standard_normal((na, 16)).astype(np.float32)
+        b = np.vstack([a[: min(na, nb) // 2] + 0.1 * rng.standard_normal((min(na, nb) // 2, 16)),
+                       rng.standard_normal((nb - min(na, nb) // 2, 16))]).astype(np.float32)
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+        pairs.append((a, b))
+    batched = match_batch(pairs, ratio=0.85)
+    for (a, b), m in zip(pairs, batched):
+        assert set(map(tuple, m.tolist())) == _reference_matches(a, b, 0.85)
+        assert set(map(tuple, match_descriptors(a, b, 0.85).tolist())) == set(map(tuple, m.tolist()))
+    assert sum(len(m) for m in batched) > 10
+
+
+def test_gpu_path_equals_cpu_path_on_cpu_tensors():
+    """The batched-matching path (used with CUDA) gives the per-pair path's inliers; run here on CPU tensors."""
+    feats = {f"{i:016x}": rootsift(Image.fromarray(_texture(i % 2, (200, 240)))) for i in range(4)}
+    ids = list(feats)
+    pairs = [(ids[i], ids[j]) for i in range(4) for j in range(i + 1, 4)]
+    cfg = VerifyConfig(workers=1, gpu_batch=4)
+    batched = [n for chunk in _verify_gpu(pairs, feats, cfg, "cpu", chunk=2) for n in chunk]
+    assert batched == verify_pairs(pairs, feats, VerifyConfig(workers=1, device="cpu")).tolist()
 
 
 def test_parallel_equals_serial_and_unknown_model_refused():
