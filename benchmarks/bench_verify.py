@@ -15,6 +15,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
+from landmark_kit.cleaning import CleanConfig
 from landmark_kit.local import LocalConfig, extract_local
+from landmark_kit.recipes import load_recipe
 from landmark_kit.synthetic import SyntheticConfig, generate
 from landmark_kit.verify import VerifyConfig, match_descriptors, ransac_inliers, verify_pairs
 
@@ -34,22 +37,40 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", default="homography")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for batched GPU matching")
+    ap.add_argument("--recipe", help="take local-feature and verification settings from a cleaning recipe")
+    ap.add_argument("--bare-pairs", type=int, help="time the bare loop on this many of the pairs (default all)")
+    ap.add_argument("--same-label", action="store_true", help="pairs of same-label images (cleaning's pairs)")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "train.csv").is_file():
         generate(data, SyntheticConfig(), progress=False)
-    ids = pd.read_csv(data / "train.csv", dtype={"id": str})["id"].tolist()
+    train = pd.read_csv(data / "train.csv", dtype={"id": str})
+    ids = train["id"].tolist()
+    if args.recipe:
+        recipe = load_recipe(CleanConfig, args.recipe)
+        local, cfg = replace(recipe.local, workers=args.workers), replace(recipe.verify, workers=args.workers,
+                                                                           device=args.device)
+    else:
+        local, cfg = LocalConfig(workers=args.workers), VerifyConfig(model=args.model, workers=args.workers,
+                                                                     device=args.device)
     tmp = tempfile.TemporaryDirectory()
-    store = extract_local(LocalConfig(), data, "train", ids, tmp.name, progress=False)
+    start = time.perf_counter()
+    store = extract_local(local, data, "train", ids, tmp.name, progress=False)
+    extract_s = time.perf_counter() - start
     feats = store.load_all()
     rng = np.random.default_rng(0)
-    pairs = [(ids[i], ids[j]) for i, j in rng.integers(0, len(ids), (args.pairs, 2)) if i != j]
-    cfg = VerifyConfig(model=args.model, workers=args.workers, device=args.device)
+    if args.same_label:
+        labels = train["landmark_id"].to_numpy()
+        same = [(a, b) for a in range(len(ids)) for b in np.flatnonzero(labels == labels[a]) if a < b]
+        pick = rng.integers(0, len(same), args.pairs)
+        pairs = [(ids[same[n][0]], ids[same[n][1]]) for n in pick]
+    else:
+        pairs = [(ids[i], ids[j]) for i, j in rng.integers(0, len(ids), (args.pairs, 2)) if i != j]
     torch.set_num_threads(1)
 
     start = time.perf_counter()
     with threadpool_limits(1):  # the bare loop uses one core, like each worker
-        for a, b in pairs:
+        for a, b in pairs[: args.bare_pairs]:
             m = match_descriptors(feats[a].descriptors, feats[b].descriptors, cfg.ratio, cfg.mutual)
             if len(m) >= cfg.min_matches:
                 ransac_inliers(feats[a].keypoints[m[:, 0], :2].astype(np.float64),
@@ -58,10 +79,13 @@ def main() -> None:
     start = time.perf_counter()
     verify_pairs(pairs, store, cfg)
     full = time.perf_counter() - start
-    limit = args.workers * len(pairs) / bare
+    limit = args.workers * len(pairs[: args.bare_pairs]) / bare
     measured = len(pairs) / full
-    print(json.dumps({"pairs": len(pairs), "workers": args.workers, "model": args.model, "device": args.device,
-                      "bare_ms_per_pair": round(1000 * bare / len(pairs), 3),
+    print(json.dumps({"pairs": len(pairs), "workers": args.workers, "model": cfg.model, "device": args.device,
+                      "recipe": args.recipe, "same_label": args.same_label,
+                      "keypoints_per_image": round(float(np.mean([len(f.keypoints) for f in feats.values()])), 1),
+                      "extract_img_per_s": round(len(ids) / extract_s, 2),
+                      "bare_ms_per_pair": round(1000 * bare / len(pairs[: args.bare_pairs]), 3),
                       "limit_pairs_per_s": round(limit, 1), "verify_pairs_per_s": round(measured, 1),
                       "ratio": round(measured / limit, 3)}, indent=2))
 

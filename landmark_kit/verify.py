@@ -58,17 +58,14 @@ def match_batch(pairs: Sequence[tuple], ratio: float = 0.85, mutual: bool = True
     live = [n for n, (a, b) in enumerate(pairs) if len(a) >= 2 and len(b) >= 2]
     if not live:
         return out
-    na = max(len(pairs[n][0]) for n in live)
-    nb = max(len(pairs[n][1]) for n in live)
-    dim = pairs[live[0]][0].shape[1]
-    A = torch.zeros((len(live), na, dim), device=device)
-    B = torch.zeros((len(live), nb, dim), device=device)
-    valid_a = torch.zeros((len(live), na), dtype=torch.bool, device=device)
-    valid_b = torch.zeros((len(live), nb), dtype=torch.bool, device=device)
-    for row, n in enumerate(live):
-        a, b = (torch.as_tensor(x, dtype=torch.float32) for x in pairs[n])
-        A[row, : len(a)], B[row, : len(b)] = a.to(device), b.to(device)
-        valid_a[row, : len(a)], valid_b[row, : len(b)] = True, True
+    lens_a = torch.tensor([len(pairs[n][0]) for n in live])
+    lens_b = torch.tensor([len(pairs[n][1]) for n in live])
+    na, nb = int(lens_a.max()), int(lens_b.max())
+    A, B = _padded([pairs[n][0] for n in live], na), _padded([pairs[n][1] for n in live], nb)
+    if device != "cpu":  # one pinned host-to-device copy per side instead of one per pair
+        A, B = A.pin_memory().to(device, non_blocking=True), B.pin_memory().to(device, non_blocking=True)
+    valid_a = (torch.arange(na)[None] < lens_a[:, None]).to(device)
+    valid_b = (torch.arange(nb)[None] < lens_b[:, None]).to(device)
     sim = torch.bmm(A, B.transpose(1, 2))
     sim.masked_fill_(~valid_b[:, None, :], -torch.inf)
     top = sim.topk(2, dim=2)
@@ -83,6 +80,16 @@ def match_batch(pairs: Sequence[tuple], ratio: float = 0.85, mutual: bool = True
         idx = np.flatnonzero(keep[row])
         out[n] = np.stack([idx, best[row, idx]], axis=1).astype(np.int64)
     return out
+
+
+def _padded(arrays: list[np.ndarray], rows: int) -> torch.Tensor:
+    """``(len(arrays), rows, D)`` float32 tensor, zero-padded; a single full array is wrapped without a copy."""
+    if len(arrays) == 1 and len(arrays[0]) == rows:
+        return torch.from_numpy(np.ascontiguousarray(arrays[0], dtype=np.float32))[None]
+    out = np.zeros((len(arrays), rows, arrays[0].shape[1]), np.float32)
+    for row, a in enumerate(arrays):
+        out[row, : len(a)] = a
+    return torch.from_numpy(out)
 
 
 def ransac_inliers(src: np.ndarray, dst: np.ndarray, cfg: VerifyConfig) -> int:
@@ -140,17 +147,23 @@ def _device(cfg: VerifyConfig) -> str:
 
 def _verify_gpu(pairs: Sequence[tuple[str, str]], feats: dict[str, Features], cfg: VerifyConfig, device: str,
                 chunk: int) -> list[list[int]]:
-    """Batched matching on ``device`` in this process; RANSAC of the matched points in CPU worker processes."""
-    points = []
-    for start in range(0, len(pairs), cfg.gpu_batch):
-        batch = pairs[start: start + cfg.gpu_batch]
-        matches = match_batch([(feats[a].descriptors, feats[b].descriptors) for a, b in batch], cfg.ratio,
-                              cfg.mutual, device)
-        for (a, b), m in zip(batch, matches):
-            points.append((feats[a].keypoints[m[:, 0], :2].astype(np.float64),
-                           feats[b].keypoints[m[:, 1], :2].astype(np.float64)))
-    chunks = [points[i: i + chunk] for i in range(0, len(points), chunk)]
-    return Parallel(n_jobs=max(cfg.workers, 1))(delayed(_ransac_chunk)(c, cfg) for c in chunks)
+    """Batched matching on ``device`` in this process; RANSAC of the matched points in CPU worker processes.
+
+    The chunks are produced lazily, so the workers run RANSAC on one chunk while the GPU matches the next.
+    """
+    def ransac_tasks():
+        for start in range(0, len(pairs), chunk):
+            points = []
+            for first in range(start, min(start + chunk, len(pairs)), cfg.gpu_batch):
+                batch = pairs[first: min(first + cfg.gpu_batch, start + chunk)]
+                matches = match_batch([(feats[a].descriptors, feats[b].descriptors) for a, b in batch], cfg.ratio,
+                                      cfg.mutual, device)
+                for (a, b), m in zip(batch, matches):
+                    points.append((feats[a].keypoints[m[:, 0], :2].astype(np.float64),
+                                   feats[b].keypoints[m[:, 1], :2].astype(np.float64)))
+            yield delayed(_ransac_chunk)(points, cfg)
+
+    return Parallel(n_jobs=max(cfg.workers, 1), pre_dispatch="2*n_jobs")(ransac_tasks())
 
 
 def verify_pairs(
@@ -167,6 +180,7 @@ def verify_pairs(
         raise ValueError(f"unknown geometric model {cfg.model!r}; choose one of {MODELS}")
     if not pairs:
         return np.zeros(0, np.int64)
+    chunk = max(1, min(chunk, -(-len(pairs) // (4 * max(cfg.workers, 1)))))  # >= 4 chunks a worker: balanced
     device = _device(cfg)
     if device != "cpu":
         loaded = feats.load_all() if isinstance(feats, FeatureStore) else feats
