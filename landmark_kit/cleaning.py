@@ -87,7 +87,7 @@ def _pair_file(cfg: CleanConfig, out: Path, rank: int) -> Path:
     """Pair results of one rank, named by the local-feature + verification settings that produced them."""
     runtime = ("workers", "device", "shard_size", "gpu_batch")  # settings that do not change the results
     settings = {"ensemble": cfg.ensemble, "k": cfg.k, "max_verify": cfg.max_verify,
-                **{f"local.{k}": v for k, v in to_dict(cfg.local).items() if k not in runtime},
+                **{f"local.{k}": v for k, v in cfg.local.cache_key().items()},
                 **{f"verify.{k}": v for k, v in to_dict(cfg.verify).items() if k not in runtime}}
     digest = config_digest(settings)
     return out / f"pairs_{digest}_rank{rank:03d}of{cfg.world_size:03d}.csv"

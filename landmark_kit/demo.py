@@ -2,8 +2,9 @@
 
 Cleaning (stage 01) runs and reports its noise precision / recall. Rows: a learning-free colour-histogram
 baseline, EfficientNet-Lite0 with random weights, the same with ImageNet weights zero-shot, the model
-fine-tuned on the raw (noisy) train list, and the same recipe fine-tuned on the cleaned list for the same
-number of optimizer steps. Every step resumes: a second run reuses what the first one finished.
+fine-tuned on the raw (noisy) train list, the same recipe fine-tuned on the cleaned list for the same
+number of optimizer steps, and the two-member ensemble (`ensembles/synthetic-ensemble.yaml`) of the
+last model with the zero-shot one. Every step resumes: a second run reuses what the first one finished.
 
     python -m landmark_kit.demo [--workdir runs/demo] [--landmarks 40 --seed 0]
 """
@@ -97,10 +98,12 @@ def run_demo(workdir: Path, synthetic: SyntheticConfig, train_overrides: dict | 
         cleaned_cfg = replace(train_cfg, train_csv=str(clean_csv), epochs=epochs)
         cleaned = train(cleaned_cfg, data, workdir / "train" / "synthetic-lite0-cleaned")
         runs.append(("synthetic-lite0", "synthetic-lite0-cleaned", "same, cleaned list, same steps", cleaned))
+    runs.append(("synthetic-ensemble", "synthetic-ensemble", "ensemble: row above + zero-shot lite0",
+                 runs[-1][3]))
     for recipe, name, label, trained in runs:
         cfg = load_ensemble(REPO / "ensembles" / f"{recipe}.yaml")
         for member in cfg.members:
-            if trained is not None:
+            if trained is not None and member.checkpoint is not None:
                 member.checkpoint, member.image_size = str(trained), train_cfg.image_size
         run_ensemble(cfg, data, workdir / "ensemble" / name)
         rows.append(score_row(label, data, *predict(data, workdir / "ensemble" / name, subs / name)))

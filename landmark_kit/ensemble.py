@@ -3,7 +3,7 @@
 Run-directory layout (``--workdir``)::
 
     ensemble.yaml                      the resolved recipe
-    features/<member>/<split>.npy      L2-normalised float32 descriptors (memory-mappable), rows = ids
+    features/<member>/<split>.npy      L2-normalised descriptors (float16 by default, memory-mappable), rows = ids
     features/<member>/<split>.ids      one image id per line, the row order of the .npy
     features/<member>/<split>.failed.csv   images skipped as unreadable (id, reason)
     features/ensemble/<split>.npy      weighted concatenation, re-normalised
@@ -48,6 +48,8 @@ class MemberConfig:
     backbone: str | None = None  # timm name, for a zero-shot member
     weights: str | None = None  # with backbone: local file or "imagenet-lite"; None = random init (seeded)
     image_size: int = 224
+    scales: list[float] = field(default_factory=lambda: [1.0])  # TTA: multiples of image_size, averaged
+    flip: bool = False  # TTA: add the horizontally flipped image's descriptor
     weight: float = 1.0  # multiplies the member's descriptor before concatenation
     seed: int = 0
 
@@ -62,6 +64,7 @@ class EnsembleConfig:
     device: str = "auto"
     k_train: int = 20  # train neighbours kept per test query (recognition, verification shortlists)
     k_index: int = 100  # index neighbours kept per test query (retrieval)
+    store_dtype: str = "float16"  # descriptor files: float16 halves disk and page cache (cosine error ~1e-3)
 
 
 def load_ensemble(path: str | os.PathLike | None, overrides: dict | None = None) -> EnsembleConfig:
@@ -104,17 +107,21 @@ def load_features(folder: str | os.PathLike, split: str, mmap: bool = True) -> t
     return feats, ids
 
 
-def save_features(folder: str | os.PathLike, split: str, feats: np.ndarray, ids: list[str]) -> None:
-    """Write one split's descriptors (float32 .npy) and their ids, each atomically; :func:`load_features` reads them."""
+def save_features(folder: str | os.PathLike, split: str, feats: np.ndarray, ids: list[str],
+                  dtype: str = "float32") -> None:
+    """Write one split's descriptors (.npy of ``dtype``) and their ids, each atomically; :func:`load_features`
+    reads them back (memory-mapped)."""
+    if dtype not in ("float16", "float32"):
+        raise RecipeError(f"store_dtype must be float16 or float32, found {dtype!r}")
     folder = Path(folder)
     write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
     with atomic_path(folder / f"{split}.npy") as tmp:
-        np.save(tmp, np.asarray(feats, dtype=np.float32))
+        np.save(tmp, np.asarray(feats, dtype=dtype))
 
 
 def member_identity(member: MemberConfig) -> dict:
     """The member's config plus a digest of its checkpoint: descriptors are reusable only if both match."""
-    identity = to_dict(member)
+    identity = {k: v for k, v in to_dict(member).items() if k != "weight"}  # weights apply at concatenation
     if member.checkpoint is not None:
         path = Path(member.checkpoint)
         if not path.is_file():
@@ -151,14 +158,14 @@ def extract_member(
         if model is None:
             model = build_member(member, device)
         feats, failures = describe_split(model, data_root, split, ids, member.image_size, cfg.batch_size,
-                                         cfg.workers, str(device))
+                                         cfg.workers, str(device), member.scales, member.flip)
         pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]).to_csv(
             folder / f"{split}.failed.csv", index=False)
-        save_features(folder, split, feats, ids)
+        save_features(folder, split, feats, ids, cfg.store_dtype)
     return folder
 
 
-def concatenate(members: list[MemberConfig], workdir, splits=SPLITS) -> Path:
+def concatenate(members: list[MemberConfig], workdir, splits=SPLITS, dtype: str = "float32") -> Path:
     """Weighted concatenation of member descriptors, re-normalised, into ``features/ensemble/``."""
     out = Path(workdir) / "features" / "ensemble"
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +180,7 @@ def concatenate(members: list[MemberConfig], workdir, splits=SPLITS) -> Path:
         joined = np.concatenate(parts, axis=1)
         norms = np.linalg.norm(joined, axis=1, keepdims=True)
         joined /= np.maximum(norms, 1e-12)
-        save_features(out, split, joined, ids)
+        save_features(out, split, joined, ids, dtype)
     return out
 
 
@@ -201,5 +208,5 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dic
     save_recipe(cfg, workdir / "ensemble.yaml")
     for member in cfg.members:
         extract_member(member, cfg, data_root, workdir, train_csv=train_csv)
-    concatenate(cfg.members, workdir)
+    concatenate(cfg.members, workdir, dtype=cfg.store_dtype)
     return search_neighbours(workdir, cfg.k_train, cfg.k_index)

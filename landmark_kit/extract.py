@@ -62,6 +62,32 @@ def square_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...])
     return T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(mean, std)])
 
 
+class MultiScale(torch.nn.Module):
+    """Test-time augmentation: the descriptor averaged over image scales (and horizontal flips), re-normalised.
+
+    Input batches come at the largest scale; the smaller ones are resized on the model's device
+    (antialiased), so each image is decoded once. ``scales=(1.0,)`` without flip is the plain model.
+    """
+
+    def __init__(self, model: torch.nn.Module, size: int, scales=(1.0,), flip: bool = False) -> None:
+        super().__init__()
+        self.model, self.size, self.scales, self.flip = model, size, tuple(scales), flip
+
+    def input_size(self) -> int:
+        return round(self.size * max(self.scales))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for scale in self.scales:
+            side = round(self.size * scale)
+            xs = x if side == x.shape[-1] else torch.nn.functional.interpolate(
+                x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+            total = total + self.model(xs).float()
+            if self.flip:
+                total = total + self.model(xs.flip(3)).float()
+        return torch.nn.functional.normalize(total, dim=1)
+
+
 def describe_split(
     model: torch.nn.Module,
     root,
@@ -71,11 +97,15 @@ def describe_split(
     batch_size: int = 32,
     workers: int = 2,
     device: str = "cpu",
+    scales=(1.0,),
+    flip: bool = False,
 ) -> tuple[np.ndarray, list[Failure]]:
-    """L2-normalised global descriptors of one split with a backbone's own input normalisation."""
+    """L2-normalised global descriptors of one split with a backbone's own input normalisation,
+    averaged over ``scales`` (multiples of ``size``) and optional flips."""
     from .models import input_normalisation
 
     inner = model.backbone if hasattr(model, "backbone") else model
-    dataset = ImageDataset(root, split, ids, square_transform(size, *input_normalisation(inner)), max_side=size)
-    model = model.to(device).eval()
-    return extract_descriptors(dataset, model, batch_size, workers, device, desc=f"extract {split}")
+    tta = MultiScale(model.to(device).eval(), size, scales, flip)
+    transform = square_transform(tta.input_size(), *input_normalisation(inner))
+    dataset = ImageDataset(root, split, ids, transform, max_side=tta.input_size())
+    return extract_descriptors(dataset, tta, batch_size, workers, device, desc=f"extract {split}")

@@ -47,6 +47,22 @@ class LocalConfig:
     checkpoint: str | None = None  # delg: model.pt of a run trained with local_head: true
     scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)  # delg: image pyramid
 
+    def cache_key(self) -> dict:
+        """The settings that change this backend's features (runtime knobs and other backends' options left
+        out, so adding an option elsewhere keeps existing caches valid); a delg checkpoint by content."""
+        key = {"backend": self.backend, "max_keypoints": self.max_keypoints, "max_side": self.max_side}
+        if self.backend == "rootsift":
+            key["contrast_threshold"] = self.contrast_threshold
+            if self.affine_tilts:
+                key["affine_tilts"] = self.affine_tilts
+        elif self.backend == "delg":
+            if not self.checkpoint or not Path(self.checkpoint).is_file():
+                raise ValueError(f"the delg backend needs local.checkpoint = a model.pt trained with local_head: "
+                                 f"true (got {self.checkpoint!r})")
+            key["scales"] = list(self.scales)
+            key["checkpoint_sha1"] = hashlib.sha1(Path(self.checkpoint).read_bytes()).hexdigest()
+        return key
+
 
 @dataclass
 class Features:
@@ -179,18 +195,14 @@ def extract_local(
 ) -> FeatureStore:
     """Extract (or finish extracting) local features of ``ids`` into ``out_dir/<backend>-<digest>/<split>/``.
 
-    The folder is named by the config's digest, so changing any setting starts a fresh cache.
+    The folder is named by the digest of :meth:`LocalConfig.cache_key`: changing a setting that changes the
+    features starts a fresh cache.
     """
     if cfg.backend not in BACKENDS:
         raise ValueError(f"unknown local-feature backend {cfg.backend!r}; choose one of {BACKENDS}")
     if cfg.backend == "kornia-sift" and cfg.affine_tilts:
         raise ValueError("affine_tilts (ASIFT) is a rootsift option; kornia-sift has no affine simulation")
-    keyed = {k: v for k, v in vars(cfg).items() if k not in ("workers", "device", "shard_size")}
-    if cfg.backend == "delg":
-        if not cfg.checkpoint or not Path(cfg.checkpoint).is_file():
-            raise ValueError(f"the delg backend needs local.checkpoint = a model.pt trained with local_head: true "
-                             f"(got {cfg.checkpoint!r})")
-        keyed["checkpoint_sha1"] = hashlib.sha1(Path(cfg.checkpoint).read_bytes()).hexdigest()
+    keyed = cfg.cache_key()
     store = FeatureStore(Path(out_dir) / f"{cfg.backend}-{config_digest(keyed)}" / split)
     write_text(store.folder.parent / "config.json", json.dumps(keyed, indent=2))
     done = store.done_ids()

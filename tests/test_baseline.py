@@ -25,5 +25,5 @@ def test_demo_job_prints_both_tables(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     table = run.stdout[run.stdout.index("method"):]
-    for row in ("colour histogram", "random init", "ImageNet zero-shot", "fine-tuned", "cleaned list"):
+    for row in ("colour histogram", "random init", "ImageNet zero-shot", "fine-tuned", "cleaned list", "ensemble"):
         assert row in table

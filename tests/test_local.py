@@ -82,3 +82,16 @@ def test_kornia_backend_refuses_asift():
 
     with pytest.raises(ValueError, match="affine_tilts"):
         extract_local(LocalConfig(backend="kornia-sift", affine_tilts=2), ".", "train", [], "/tmp/unused")
+
+
+def test_cache_key_holds_only_what_changes_the_features(tmp_path):
+    base = LocalConfig()
+    assert LocalConfig(scales=(1.0,), workers=7, device="cpu").cache_key() == base.cache_key()  # delg / runtime
+    assert LocalConfig(affine_tilts=2).cache_key() != base.cache_key()
+    assert LocalConfig(backend="kornia-sift", contrast_threshold=0.01).cache_key() == \
+        LocalConfig(backend="kornia-sift").cache_key()
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"one")
+    first = LocalConfig(backend="delg", checkpoint=str(model)).cache_key()
+    model.write_bytes(b"two")  # same path, new weights: a new cache
+    assert LocalConfig(backend="delg", checkpoint=str(model)).cache_key() != first

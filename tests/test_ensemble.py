@@ -1,0 +1,66 @@
+"""Ensemble extraction: multi-scale / flip test-time augmentation and what invalidates cached descriptors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from landmark_kit.ensemble import load_ensemble, run_ensemble
+from landmark_kit.extract import MultiScale
+from landmark_kit.models import GlobalDescriptor, create_backbone
+
+
+def test_multiscale_flip_is_the_normalised_sum_of_each_view():
+    torch.manual_seed(0)
+    model = GlobalDescriptor(create_backbone("test_efficientnet")).eval()
+    x = torch.rand(2, 3, 80, 80)
+    with torch.no_grad():
+        got = MultiScale(model, 64, scales=(0.75, 1.25), flip=True)(x)
+        views = []
+        for side in (48, 80):
+            xs = x if side == 80 else F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+            views += [model(xs), model(xs.flip(3))]
+        plain = MultiScale(model, 80)(x)
+    assert torch.allclose(got, F.normalize(sum(views), dim=1), atol=1e-6)
+    assert torch.allclose(plain, model(x), atol=1e-6)  # one scale, no flip: the model itself
+    assert not torch.allclose(got, plain, atol=1e-3)
+    assert MultiScale(model, 64, scales=(0.75, 1.25)).input_size() == 80
+
+
+def test_tta_member_end_to_end_and_weight_changes_do_not_re_extract(tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    member = "{name: z, backbone: test_efficientnet, image_size: 48, scales: [0.75, 1.0, 1.25], flip: true"
+    recipe.write_text(f"members:\n  - {member}, weight: 1.0}}\nworkers: 0\n")
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
+    feats = tmp_path / "w" / "features" / "z" / "test.npy"
+    test = np.load(feats)
+    assert np.allclose(np.linalg.norm(test, axis=1), 1, atol=1e-5)
+    stamp = feats.stat().st_mtime_ns
+    recipe.write_text(f"members:\n  - {member}, weight: 0.5}}\nworkers: 0\n")
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
+    assert feats.stat().st_mtime_ns == stamp  # the weight applies at concatenation only
+    recipe.write_text(f"members:\n  - {member.replace('flip: true', 'flip: false')}}}\nworkers: 0\n")
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
+    assert not np.allclose(np.load(feats), test, atol=1e-4)  # TTA changed: extracted again
+
+
+def test_float16_store_round_trip(tmp_path):
+    import pytest
+
+    from landmark_kit.ensemble import load_features, save_features
+    from landmark_kit.recipes import RecipeError
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((50, 64)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    ids = [f"{i:016x}" for i in range(50)]
+    save_features(tmp_path, "test", feats, ids, "float16")
+    back, back_ids = load_features(tmp_path, "test")
+    assert back.dtype == np.float16 and isinstance(back, np.memmap) and back_ids == ids
+    assert (tmp_path / "test.npy").stat().st_size < 50 * 64 * 2 + 200
+    assert np.abs(back.astype(np.float32) - feats).max() < 1e-3
+    cosine = (back.astype(np.float32) @ back.astype(np.float32).T)
+    assert np.abs(cosine - feats @ feats.T).max() < 2e-3
+    with pytest.raises(RecipeError, match="store_dtype"):
+        save_features(tmp_path, "test", feats, ids, "int8")
