@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--model", default="homography")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for batched GPU matching")
     ap.add_argument("--recipe", help="take local-feature and verification settings from a cleaning recipe")
+    ap.add_argument("--max-keypoints", type=int, help="override the local features' keypoint cap")
     ap.add_argument("--bare-pairs", type=int, help="time the bare loop on this many of the pairs (default all)")
     ap.add_argument("--same-label", action="store_true", help="pairs of same-label images (cleaning's pairs)")
     args = ap.parse_args()
@@ -53,6 +54,8 @@ def main() -> None:
     else:
         local, cfg = LocalConfig(workers=args.workers), VerifyConfig(model=args.model, workers=args.workers,
                                                                      device=args.device)
+    if args.max_keypoints:
+        local = replace(local, max_keypoints=args.max_keypoints)
     tmp = tempfile.TemporaryDirectory()
     start = time.perf_counter()
     store = extract_local(local, data, "train", ids, tmp.name, progress=False)

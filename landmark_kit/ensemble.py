@@ -64,6 +64,11 @@ class EnsembleConfig:
     device: str = "auto"
     k_train: int = 20  # train neighbours kept per test query (recognition, verification shortlists)
     k_index: int = 100  # index neighbours kept per test query (retrieval)
+    whiten: bool = False  # PCA-whitening of the concatenation, learned on whiten_split, applied to every split
+    whiten_split: str = "index"
+    whiten_dim: int | None = None  # output dimension; default min(D, images in whiten_split - 1)
+    index: str = "Flat"  # faiss: exact "Flat", or a factory string such as "IVF1024,PQ64" for huge indexes
+    nprobe: int = 16  # inverted lists visited per query (IVF indexes)
     store_dtype: str = "float16"  # descriptor files: float16 halves disk and page cache (cosine error ~1e-3)
 
 
@@ -165,26 +170,56 @@ def extract_member(
     return folder
 
 
-def concatenate(members: list[MemberConfig], workdir, splits=SPLITS, dtype: str = "float32") -> Path:
-    """Weighted concatenation of member descriptors, re-normalised, into ``features/ensemble/``."""
+def _joined(members: list[MemberConfig], workdir, split: str) -> tuple[np.ndarray, list[str]]:
+    """Weighted concatenation of the members' descriptors of one split, L2-normalised."""
+    parts, ids = [], None
+    for m in members:
+        feats, member_ids = load_features(Path(workdir) / "features" / m.name, split)
+        if ids is not None and member_ids != ids:
+            raise RuntimeError(f"member {m.name} has different {split} ids from the others")
+        ids = member_ids
+        parts.append(m.weight * np.asarray(feats, dtype=np.float32))
+    joined = np.concatenate(parts, axis=1)
+    return joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12), ids
+
+
+def fit_whitening(feats: np.ndarray, dim: int | None = None, shrink: float = 1e-3) -> dict[str, np.ndarray]:
+    """PCA-whitening (mean, projection) learned on ``feats``: the top ``dim`` principal directions scaled by
+    1 / sqrt(eigenvalue); ``shrink`` x the mean eigenvalue is added first so near-null directions stay tame."""
+    dim = min(dim or feats.shape[1], feats.shape[1], max(len(feats) - 1, 1))
+    mean = feats.mean(axis=0)
+    centred = (feats - mean).astype(np.float64)
+    values, vectors = np.linalg.eigh(centred.T @ centred / max(len(feats) - 1, 1))
+    order = np.argsort(values)[::-1][:dim]
+    values = values[order] + shrink * max(values.mean(), 1e-12)
+    return {"mean": mean.astype(np.float32), "projection": (vectors[:, order] / np.sqrt(values)).astype(np.float32)}
+
+
+def apply_whitening(feats: np.ndarray, whitening: dict[str, np.ndarray]) -> np.ndarray:
+    out = (np.asarray(feats, np.float32) - whitening["mean"]) @ whitening["projection"]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def concatenate(members: list[MemberConfig], workdir, splits=SPLITS, dtype: str = "float32",
+                whiten_split: str | None = None, whiten_dim: int | None = None) -> Path:
+    """Weighted concatenation of member descriptors, re-normalised, into ``features/ensemble/``; with
+    ``whiten_split`` PCA-whitened as learned on that split (saved as ``whitening.npz``)."""
     out = Path(workdir) / "features" / "ensemble"
     out.mkdir(parents=True, exist_ok=True)
+    whitening = None
+    if whiten_split is not None:
+        whitening = fit_whitening(_joined(members, workdir, whiten_split)[0], whiten_dim)
+        with atomic_path(out / "whitening.npz") as tmp:
+            np.savez(tmp, **whitening)
     for split in splits:
-        parts, ids = [], None
-        for m in members:
-            feats, member_ids = load_features(Path(workdir) / "features" / m.name, split)
-            if ids is not None and member_ids != ids:
-                raise RuntimeError(f"member {m.name} has different {split} ids from the others")
-            ids = member_ids
-            parts.append(m.weight * np.asarray(feats, dtype=np.float32))
-        joined = np.concatenate(parts, axis=1)
-        norms = np.linalg.norm(joined, axis=1, keepdims=True)
-        joined /= np.maximum(norms, 1e-12)
+        joined, ids = _joined(members, workdir, split)
+        if whitening is not None:
+            joined = apply_whitening(joined, whitening)
         save_features(out, split, joined, ids, dtype)
     return out
 
 
-def search_neighbours(workdir, k_train: int, k_index: int) -> dict[str, Path]:
+def search_neighbours(workdir, k_train: int, k_index: int, index: str = "Flat", nprobe: int = 16) -> dict[str, Path]:
     """kNN of test descriptors among train and index descriptors, saved as ``neighbours/*.npz``."""
     feats = Path(workdir) / "features" / "ensemble"
     out = Path(workdir) / "neighbours"
@@ -192,8 +227,8 @@ def search_neighbours(workdir, k_train: int, k_index: int) -> dict[str, Path]:
     test, _ = load_features(feats, "test", mmap=False)
     paths = {}
     for db_split, k in (("train", k_train), ("index", k_index)):
-        db, _ = load_features(feats, db_split, mmap=False)
-        scores, indices = knn(test, db, min(k, len(db)))
+        db, _ = load_features(feats, db_split)
+        scores, indices = knn(test, db, min(k, len(db)), index=index, nprobe=nprobe)
         path = out / f"test_{db_split}.npz"
         with atomic_path(path) as tmp:
             np.savez(tmp, scores=scores, indices=indices)
@@ -208,5 +243,6 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dic
     save_recipe(cfg, workdir / "ensemble.yaml")
     for member in cfg.members:
         extract_member(member, cfg, data_root, workdir, train_csv=train_csv)
-    concatenate(cfg.members, workdir, dtype=cfg.store_dtype)
-    return search_neighbours(workdir, cfg.k_train, cfg.k_index)
+    concatenate(cfg.members, workdir, dtype=cfg.store_dtype, whiten_split=cfg.whiten_split if cfg.whiten else None,
+                whiten_dim=cfg.whiten_dim)
+    return search_neighbours(workdir, cfg.k_train, cfg.k_index, cfg.index, cfg.nprobe)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -46,8 +47,6 @@ def test_tta_member_end_to_end_and_weight_changes_do_not_re_extract(tiny_competi
 
 
 def test_float16_store_round_trip(tmp_path):
-    import pytest
-
     from landmark_kit.ensemble import load_features, save_features
     from landmark_kit.recipes import RecipeError
 
@@ -64,3 +63,33 @@ def test_float16_store_round_trip(tmp_path):
     assert np.abs(cosine - feats @ feats.T).max() < 2e-3
     with pytest.raises(RecipeError, match="store_dtype"):
         save_features(tmp_path, "test", feats, ids, "int8")
+
+
+def test_pca_whitening_decorrelates_the_fit_split_and_applies_to_all(trained_like_features):
+    from landmark_kit.ensemble import apply_whitening, fit_whitening
+
+    fit, other = trained_like_features
+    w = fit_whitening(fit, dim=8, shrink=0.0)
+    projected = (fit - w["mean"]) @ w["projection"]
+    assert projected.shape == (len(fit), 8)
+    assert np.allclose(np.cov(projected, rowvar=False), np.eye(8), atol=1e-3)
+    out = apply_whitening(other, w)
+    assert out.shape == (len(other), 8) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    assert fit_whitening(fit[:5])["projection"].shape[1] == 4  # never more directions than images - 1
+
+
+@pytest.fixture
+def trained_like_features():
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((16, 16)).astype(np.float32)  # correlated dimensions
+    return (rng.standard_normal((400, 16)).astype(np.float32) @ mix,
+            rng.standard_normal((30, 16)).astype(np.float32) @ mix)
+
+
+def test_whitened_ensemble_through_the_stage(tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text("members:\n  - {name: z, backbone: test_efficientnet, image_size: 48}\n"
+                      "whiten: true\nwhiten_split: train\nwhiten_dim: 16\nworkers: 0\n")
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
+    ens = tmp_path / "w" / "features" / "ensemble"
+    assert np.load(ens / "test.npy").shape[1] == 16 and (ens / "whitening.npz").is_file()
