@@ -62,6 +62,7 @@ class EnsembleConfig:
     batch_size: int = 32
     workers: int = 2
     device: str = "auto"
+    amp: bool = True  # float16 autocast for extraction on CUDA
     k_train: int = 20  # train neighbours kept per test query (recognition, verification shortlists)
     k_index: int = 100  # index neighbours kept per test query (retrieval)
     whiten: bool = False  # PCA-whitening of the concatenation, learned on whiten_split, applied to every split
@@ -69,6 +70,8 @@ class EnsembleConfig:
     whiten_dim: int | None = None  # output dimension; default min(D, images in whiten_split - 1)
     index: str = "Flat"  # faiss: exact "Flat", or a factory string such as "IVF1024,PQ64" for huge indexes
     nprobe: int = 16  # inverted lists visited per query (IVF indexes)
+    rank: int = 0  # this process extracts images rank, rank + world_size, ... of every split (torchrun, SLURM)
+    world_size: int = 1
     store_dtype: str = "float16"  # descriptor files: float16 halves disk and page cache (cosine error ~1e-3)
 
 
@@ -160,14 +163,38 @@ def extract_member(
         if _is_done(folder, split, ids):
             log.info("%s/%s already extracted", member.name, split)
             continue
-        if model is None:
-            model = build_member(member, device)
-        feats, failures = describe_split(model, data_root, split, ids, member.image_size, cfg.batch_size,
-                                         cfg.workers, str(device), member.scales, member.flip)
-        pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]).to_csv(
-            folder / f"{split}.failed.csv", index=False)
-        save_features(folder, split, feats, ids, cfg.store_dtype)
+        name, mine = split, ids
+        if cfg.world_size > 1:  # this rank's slice goes to its own part file, merged once all parts exist
+            name, mine = f"{split}.part{cfg.rank:03d}of{cfg.world_size:03d}", ids[cfg.rank:: cfg.world_size]
+        if not _is_done(folder, name, mine):
+            if model is None:
+                model = build_member(member, device)
+            feats, failures = describe_split(model, data_root, split, mine, member.image_size, cfg.batch_size,
+                                             cfg.workers, str(device), member.scales, member.flip, cfg.amp)
+            pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]).to_csv(
+                folder / f"{name}.failed.csv", index=False)
+            save_features(folder, name, feats, mine, cfg.store_dtype)
+        if cfg.world_size > 1:
+            merge_parts(folder, split, ids, cfg.world_size)
     return folder
+
+
+def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bool:
+    """Interleave the ranks' part files back into ``<split>.npy`` (row order of ``ids``) once all exist."""
+    names = [f"{split}.part{r:03d}of{world_size:03d}" for r in range(world_size)]
+    if not all(_is_done(folder, n, ids[r::world_size]) for r, n in enumerate(names)):
+        return False
+    parts = [load_features(folder, n)[0] for n in names]
+    merged = np.empty((len(ids), parts[0].shape[1]), parts[0].dtype)
+    for r, part in enumerate(parts):
+        merged[r::world_size] = part
+    save_features(folder, split, merged, ids, str(parts[0].dtype))
+    failed = [pd.read_csv(folder / f"{n}.failed.csv", dtype=str) for n in names]
+    pd.concat(failed, ignore_index=True).to_csv(folder / f"{split}.failed.csv", index=False)
+    for n in names:
+        for suffix in (".npy", ".ids", ".failed.csv"):
+            (folder / f"{n}{suffix}").unlink(missing_ok=True)
+    return True
 
 
 def _joined(members: list[MemberConfig], workdir, split: str) -> tuple[np.ndarray, list[str]]:
@@ -237,12 +264,20 @@ def search_neighbours(workdir, k_train: int, k_index: int, index: str = "Flat", 
 
 
 def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dict[str, Path]:
-    """The whole stage: extract every member, concatenate, search; returns the neighbour files."""
+    """The whole stage: extract every member, concatenate, search; returns the neighbour files.
+
+    With ``world_size`` > 1 each rank extracts its slice; a rank that finds other ranks' parts still missing
+    returns ``{}``, and the last one to finish merges, concatenates and searches.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_recipe(cfg, workdir / "ensemble.yaml")
     for member in cfg.members:
         extract_member(member, cfg, data_root, workdir, train_csv=train_csv)
+    ids = {split: split_ids(data_root, split, train_csv) for split in SPLITS}
+    if not all(_is_done(workdir / "features" / m.name, split, ids[split]) for m in cfg.members for split in SPLITS):
+        log.info("rank %d of %d done; the last rank to finish concatenates and searches", cfg.rank, cfg.world_size)
+        return {}
     concatenate(cfg.members, workdir, dtype=cfg.store_dtype, whiten_split=cfg.whiten_split if cfg.whiten else None,
                 whiten_dim=cfg.whiten_dim)
     return search_neighbours(workdir, cfg.k_train, cfg.k_index, cfg.index, cfg.nprobe)

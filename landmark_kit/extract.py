@@ -22,11 +22,12 @@ def extract_descriptors(
     workers: int = 2,
     device: str | torch.device = "cpu",
     desc: str = "extract",
+    amp: bool = True,
 ) -> tuple[np.ndarray, list[Failure]]:
     """Run ``model`` over every image of ``dataset``; returns ``(N, D)`` float32 rows in dataset order.
 
     Unreadable images are skipped, reported (id + reason) and left as all-zero rows, so they match
-    nothing instead of stopping a long run.
+    nothing instead of stopping a long run. On CUDA the model runs under float16 autocast unless ``amp`` is off.
     """
     device = torch.device(device)
     loader = DataLoader(
@@ -39,7 +40,8 @@ def extract_descriptors(
     )
     out: np.ndarray | None = None
     failures: list[Failure] = []
-    with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img") as bar:
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+    with torch.inference_mode(), autocast, tqdm(total=len(dataset), desc=desc, unit="img") as bar:
         for batch, positions, bad in loader:
             failures.extend(bad)
             if batch is not None:
@@ -99,6 +101,7 @@ def describe_split(
     device: str = "cpu",
     scales=(1.0,),
     flip: bool = False,
+    amp: bool = True,
 ) -> tuple[np.ndarray, list[Failure]]:
     """L2-normalised global descriptors of one split with a backbone's own input normalisation,
     averaged over ``scales`` (multiples of ``size``) and optional flips."""
@@ -108,4 +111,4 @@ def describe_split(
     tta = MultiScale(model.to(device).eval(), size, scales, flip)
     transform = square_transform(tta.input_size(), *input_normalisation(inner))
     dataset = ImageDataset(root, split, ids, transform, max_side=tta.input_size())
-    return extract_descriptors(dataset, tta, batch_size, workers, device, desc=f"extract {split}")
+    return extract_descriptors(dataset, tta, batch_size, workers, device, desc=f"extract {split}", amp=amp)

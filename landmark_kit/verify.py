@@ -4,7 +4,8 @@ Geometric models: ``homography`` (OpenCV USAC MAGSAC++, the default), ``affine``
 ``estimateAffine2D`` + RANSAC, as in the 2019 paper), ``degensac-homography`` and ``degensac-fundamental``
 (pydegensac). OpenCV's estimators seed every call identically, so a pair's inlier count does not depend on
 which process or shard verified it; pydegensac draws from a process-wide generator, so its counts depend on
-call order. The output of a pair is its inlier count. Pairs run in parallel with joblib on CPU.
+call order. The output of a pair is its inlier count. Matching is torch: on CPU pairs run in joblib
+worker processes; with CUDA they are matched in padded batches on the GPU while the workers run RANSAC.
 """
 
 from __future__ import annotations

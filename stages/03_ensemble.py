@@ -4,12 +4,16 @@
   python stages/03_ensemble.py --data-root R --workdir W --ensemble ensembles/imagenet-lite0.yaml
 
 Outputs go to W (features/, neighbours/, ensemble.yaml); finished splits are skipped on a rerun.
+Sharded: one process per rank (`torchrun --nproc-per-node 8 stages/03_ensemble.py ...`, a SLURM array with
+--rank/--world-size, or RANK/WORLD_SIZE env vars) extracts every world_size-th image into part files; the
+last rank to finish merges them, concatenates and searches.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from landmark_kit.ensemble import EnsembleConfig, load_ensemble, run_ensemble
@@ -25,12 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     add_recipe_flags(ap, EnsembleConfig)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    overrides = flag_overrides(args, EnsembleConfig)
+    for env, key in (("RANK", "rank"), ("WORLD_SIZE", "world_size")):  # torchrun / plain env vars
+        if key not in overrides and env in os.environ:
+            overrides[key] = int(os.environ[env])
     try:
-        cfg = load_ensemble(args.ensemble, flag_overrides(args, EnsembleConfig))
+        cfg = load_ensemble(args.ensemble, overrides)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for split, path in run_ensemble(cfg, args.data_root, args.workdir, args.train_csv).items():
+    neighbours = run_ensemble(cfg, args.data_root, args.workdir, args.train_csv)
+    if not neighbours:
+        print(f"rank {cfg.rank} of {cfg.world_size} done; waiting for the other ranks")
+    for split, path in neighbours.items():
         print(f"test -> {split} neighbours: {path}")
     return 0
 

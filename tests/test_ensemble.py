@@ -93,3 +93,22 @@ def test_whitened_ensemble_through_the_stage(tiny_competition, tmp_path):
     run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
     ens = tmp_path / "w" / "features" / "ensemble"
     assert np.load(ens / "test.npy").shape[1] == 16 and (ens / "whitening.npz").is_file()
+
+
+def test_sharded_extraction_equals_single_process(tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text("members:\n  - {name: z, backbone: test_efficientnet, image_size: 48}\nworkers: 0\n")
+    single = run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "one")
+    assert load_ensemble(recipe, {"rank": 0, "world_size": 2}).world_size == 2
+    assert run_ensemble(load_ensemble(recipe, {"rank": 1, "world_size": 2}), tiny_competition, tmp_path / "two") == {}
+    parts = sorted(p.name for p in (tmp_path / "two" / "features" / "z").glob("*.part*.npy"))
+    assert parts == ["index.part001of002.npy", "test.part001of002.npy", "train.part001of002.npy"]
+    sharded = run_ensemble(load_ensemble(recipe, {"rank": 0, "world_size": 2}), tiny_competition, tmp_path / "two")
+    assert not list((tmp_path / "two" / "features" / "z").glob("*.part*"))  # merged and cleaned up
+    for split in ("train", "test", "index"):
+        a = np.load(tmp_path / "one" / "features" / "z" / f"{split}.npy").astype(np.float32)
+        b = np.load(tmp_path / "two" / "features" / "z" / f"{split}.npy").astype(np.float32)
+        assert np.allclose(a, b, atol=2e-3)
+        ids = (tmp_path / "one" / "features" / "z" / f"{split}.ids").read_text()
+        assert ids == (tmp_path / "two" / "features" / "z" / f"{split}.ids").read_text()
+    assert np.array_equal(np.load(single["index"])["indices"][:, :5], np.load(sharded["index"])["indices"][:, :5])
