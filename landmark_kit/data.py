@@ -153,6 +153,17 @@ def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
         df.to_csv(tmp, index=False)
 
 
+def upright_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) after EXIF rotation, from the file header alone; None when unreadable."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap the axes
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if rotated else (width, height)
+
+
 def load_image(path: str | os.PathLike, image_id: str = "?", max_side: int | None = None) -> Image.Image:
     """Decode any image file into an upright RGB PIL image.
 

@@ -50,6 +50,7 @@ class MemberConfig:
     image_size: int = 224
     scales: list[float] = field(default_factory=lambda: [1.0])  # TTA: multiples of image_size, averaged
     flip: bool = False  # TTA: add the horizontally flipped image's descriptor
+    aspect: bool = False  # keep aspect ratios (bucketed batches) instead of square resizes
     weight: float = 1.0  # multiplies the member's descriptor before concatenation
     seed: int = 0
 
@@ -170,7 +171,8 @@ def extract_member(
             if model is None:
                 model = build_member(member, device)
             feats, failures = describe_split(model, data_root, split, mine, member.image_size, cfg.batch_size,
-                                             cfg.workers, str(device), member.scales, member.flip, cfg.amp)
+                                             cfg.workers, str(device), member.scales, member.flip, cfg.amp,
+                                             member.aspect)
             pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]).to_csv(
                 folder / f"{name}.failed.csv", index=False)
             save_features(folder, name, feats, mine, cfg.store_dtype)

@@ -23,6 +23,7 @@ def extract_descriptors(
     device: str | torch.device = "cpu",
     desc: str = "extract",
     amp: bool = True,
+    batches: list[list[int]] | None = None,
 ) -> tuple[np.ndarray, list[Failure]]:
     """Run ``model`` over every image of ``dataset``; returns ``(N, D)`` float32 rows in dataset order.
 
@@ -32,7 +33,8 @@ def extract_descriptors(
     device = torch.device(device)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=batch_size if batches is None else 1,
+        batch_sampler=batches,
         num_workers=workers,
         collate_fn=collate_skip_bad,
         pin_memory=device.type == "cuda",
@@ -55,6 +57,55 @@ def extract_descriptors(
     for f in failures:
         log.warning("skipped %s image %s: %s", dataset.split, f.image_id, f.reason)
     return out, failures
+
+
+ASPECTS = (1 / 2, 2 / 3, 3 / 4, 1.0, 4 / 3, 3 / 2, 2.0)  # width / height of the extraction buckets
+
+
+def aspect_bucket(width: int, height: int) -> int:
+    """Index of the bucket aspect (in log space) nearest to ``width / height``."""
+    return int(np.argmin(np.abs(np.log(np.array(ASPECTS)) - np.log(width / max(height, 1)))))
+
+
+def bucket_shape(bucket: int, size: int, multiple: int = 32) -> tuple[int, int]:
+    """(height, width) of a bucket: about ``size`` x ``size`` pixels, sides multiples of ``multiple``."""
+    aspect = ASPECTS[bucket]
+    height = max(multiple, round(size / np.sqrt(aspect) / multiple) * multiple)
+    width = max(multiple, round(size * np.sqrt(aspect) / multiple) * multiple)
+    return height, width
+
+
+class ShapedDataset:
+    """An :class:`ImageDataset` (returning PIL images) whose items are resized to precomputed (height, width)
+    shapes and normalised; shapes come from the file headers, so a batch of one bucket always stacks."""
+
+    def __init__(self, base: ImageDataset, shapes: list[tuple[int, int]], mean, std) -> None:
+        self.base, self.shapes, self.mean, self.std = base, shapes, mean, std
+        self.split = base.split
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, position: int):
+        import torchvision.transforms.functional as TF
+
+        img, position, failure = self.base[position]
+        if failure is not None:
+            return img, position, failure
+        height, width = self.shapes[position]
+        tensor = TF.to_tensor(img.resize((width, height), resample=3))  # bicubic
+        return TF.normalize(tensor, self.mean, self.std), position, None
+
+
+def bucket_batches(buckets: list[int], batch_size: int) -> list[list[int]]:
+    """Batches of dataset positions that share a bucket (so their tensors stack), bucket by bucket."""
+    order = np.argsort(np.asarray(buckets), kind="stable")
+    batches, start = [], 0
+    for n in range(1, len(order) + 1):
+        if n == len(order) or buckets[order[n]] != buckets[order[start]] or n - start == batch_size:
+            batches.append(order[start:n].tolist())
+            start = n
+    return batches
 
 
 def square_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -81,9 +132,10 @@ class MultiScale(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = 0
         for scale in self.scales:
-            side = round(self.size * scale)
-            xs = x if side == x.shape[-1] else torch.nn.functional.interpolate(
-                x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+            factor = scale / max(self.scales)  # inputs come at the largest scale, square or bucketed
+            shape = (round(x.shape[-2] * factor), round(x.shape[-1] * factor))
+            xs = x if shape == tuple(x.shape[-2:]) else torch.nn.functional.interpolate(
+                x, size=shape, mode="bilinear", antialias=True, align_corners=False)
             total = total + self.model(xs).float()
             if self.flip:
                 total = total + self.model(xs.flip(3)).float()
@@ -102,13 +154,25 @@ def describe_split(
     scales=(1.0,),
     flip: bool = False,
     amp: bool = True,
+    aspect: bool = False,
 ) -> tuple[np.ndarray, list[Failure]]:
     """L2-normalised global descriptors of one split with a backbone's own input normalisation,
-    averaged over ``scales`` (multiples of ``size``) and optional flips."""
+    averaged over ``scales`` (multiples of ``size``) and optional flips. ``aspect`` keeps each image's
+    aspect ratio (7 buckets of about ``size`` x ``size`` pixels, batches drawn per bucket) instead of squashing
+    it into a square."""
+    from .data import image_path, upright_size
     from .models import input_normalisation
 
     inner = model.backbone if hasattr(model, "backbone") else model
     tta = MultiScale(model.to(device).eval(), size, scales, flip)
-    transform = square_transform(tta.input_size(), *input_normalisation(inner))
-    dataset = ImageDataset(root, split, ids, transform, max_side=tta.input_size())
-    return extract_descriptors(dataset, tta, batch_size, workers, device, desc=f"extract {split}", amp=amp)
+    mean_std = input_normalisation(inner)
+    if not aspect:
+        dataset = ImageDataset(root, split, ids, square_transform(tta.input_size(), *mean_std),
+                               max_side=tta.input_size())
+        return extract_descriptors(dataset, tta, batch_size, workers, device, desc=f"extract {split}", amp=amp)
+    sizes = [upright_size(image_path(root, split, i)) or (1, 1) for i in ids]  # unreadable: fails at decode
+    buckets = [aspect_bucket(w, h) for w, h in sizes]
+    shapes = [bucket_shape(b, tta.input_size()) for b in buckets]
+    dataset = ShapedDataset(ImageDataset(root, split, ids, max_side=max(max(s) for s in shapes)), shapes, *mean_std)
+    return extract_descriptors(dataset, tta, batch_size, workers, device, desc=f"extract {split}", amp=amp,
+                               batches=bucket_batches(buckets, batch_size))

@@ -112,3 +112,35 @@ def test_sharded_extraction_equals_single_process(tiny_competition, tmp_path):
         ids = (tmp_path / "one" / "features" / "z" / f"{split}.ids").read_text()
         assert ids == (tmp_path / "two" / "features" / "z" / f"{split}.ids").read_text()
     assert np.array_equal(np.load(single["index"])["indices"][:, :5], np.load(sharded["index"])["indices"][:, :5])
+
+
+def test_aspect_buckets_shapes_batches_and_exif(tmp_path):
+    from PIL import Image
+
+    from landmark_kit.data import upright_size
+    from landmark_kit.extract import aspect_bucket, bucket_batches, bucket_shape
+
+    assert bucket_shape(aspect_bucket(500, 500), 224) == (224, 224)
+    h, w = bucket_shape(aspect_bucket(640, 480), 224)
+    assert w > h and h % 32 == 0 and w % 32 == 0 and abs(h * w - 224 * 224) < 0.15 * 224 * 224
+    h, w = bucket_shape(aspect_bucket(300, 900), 224)  # very tall: the 1:2 bucket
+    assert (h, w) == (320, 160)
+    buckets = [3, 4, 3, 3, 0, 4, 3]
+    batches = bucket_batches(buckets, 2)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert all(len(b) <= 2 and len({buckets[i] for i in b}) == 1 for b in batches)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: the stored 60x40 is shown 40x60
+    Image.new("RGB", (60, 40)).save(tmp_path / "r.jpg", exif=exif)
+    assert upright_size(tmp_path / "r.jpg") == (40, 60)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    assert upright_size(tmp_path / "bad.jpg") is None
+
+
+def test_aspect_member_end_to_end(tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text("members:\n  - {name: z, backbone: test_efficientnet, image_size: 64, aspect: true,"
+                      " scales: [0.5, 1.0]}\nworkers: 0\nbatch_size: 4\n")
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
+    feats = np.load(tmp_path / "w" / "features" / "z" / "train.npy").astype(np.float32)
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1, atol=2e-3)
