@@ -2,6 +2,7 @@
 """Stage 04: recognition and retrieval CSVs from a run directory's neighbours (running stage 03 if needed).
 
   python stages/04_predict.py --data-root R --workdir W --ensemble ensembles/imagenet-lite0.yaml [--name N]
+                             [--recipe submissions/soft-vote.yaml] [--k 3 --suppress-over 30]
 
 Writes submissions/<name>/recognition.csv and retrieval.csv (validated) and prints their paths as the last
 two lines, so scripts can pick them up.
@@ -16,8 +17,8 @@ from pathlib import Path
 
 from landmark_kit.data import DataError
 from landmark_kit.ensemble import load_ensemble, run_ensemble
-from landmark_kit.predict import neighbours_ready, predict
-from landmark_kit.recipes import RecipeError
+from landmark_kit.predict import PredictConfig, neighbours_ready, predict
+from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides, load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="submission name (default: the ensemble recipe's file name)")
     ap.add_argument("--out-root", default="submissions", help="submissions are written to OUT_ROOT/NAME/")
     ap.add_argument("--train-csv", help="labelled train list (default <data-root>/train.csv)")
+    ap.add_argument("--recipe", help="post-processing recipe (submissions/*.yaml); default plain kNN top-1")
+    add_recipe_flags(ap, PredictConfig)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if not neighbours_ready(args.workdir):
             run_ensemble(load_ensemble(args.ensemble), args.data_root, args.workdir, args.train_csv)
+        cfg = load_recipe(PredictConfig, args.recipe, flag_overrides(args, PredictConfig))
         name = args.name or Path(args.ensemble).stem
-        rec, ret = predict(args.data_root, args.workdir, Path(args.out_root) / name, args.train_csv)
+        rec, ret = predict(args.data_root, args.workdir, Path(args.out_root) / name, args.train_csv, cfg)
     except (RecipeError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

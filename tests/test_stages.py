@@ -142,3 +142,34 @@ def test_warmup_cosine_schedule():
     assert factors[4] == 1.0 and all(a >= b for a, b in zip(factors[4:], factors[5:]))
     assert factors[-1] < 0.01
     assert warmup_cosine(0, warmup=0, total=10) == 1.0
+
+
+def test_predict_recipe_soft_vote_through_the_cli(trained, tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
+                      "workers: 0\n")
+    base = ["--data-root", tiny_competition, "--workdir", tmp_path / "w", "--ensemble", recipe,
+            "--out-root", tmp_path / "subs"]
+    top1 = stage("04_predict.py", *base, "--name", "top1").stdout.strip().splitlines()[-2]
+    voted = stage("04_predict.py", *base, "--name", "voted", "--recipe", ROOT / "submissions" / "soft-vote.yaml",
+                  "--suppress-over", "1").stdout.strip().splitlines()[-2]
+    a = Path(top1).read_text().splitlines()
+    b = Path(voted).read_text().splitlines()
+    assert len(a) == len(b) and a != b
+    scores = [float(line.split(",")[1].split()[1]) for line in b[1:] if line.split(",")[1]]
+    assert any(s < 0 for s in scores)  # labels predicted more than once were suppressed to -frequency
+
+
+def test_predict_with_verified_shortlist(trained, tiny_competition, tmp_path):
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
+                      "workers: 0\n")
+    post = tmp_path / "p.yaml"
+    post.write_text("k: 1\nverify_shortlist: 5\ninlier_floor: 5\nlocal: {max_keypoints: 300, workers: 0}\n"
+                    "verify: {workers: 1}\n")
+    out = stage("04_predict.py", "--data-root", tiny_competition, "--workdir", tmp_path / "w", "--ensemble", recipe,
+                "--out-root", tmp_path / "subs", "--recipe", post).stdout.strip().splitlines()
+    assert Path(out[-2]).is_file() and list((tmp_path / "w" / "local").glob("rootsift-*/test/shard_*.npz"))
+    scores = [float(line.split(",")[1].split()[1]) for line in Path(out[-2]).read_text().splitlines()[1:]
+              if line.split(",")[1]]
+    assert max(scores) > 1.0  # a verified neighbour adds its inlier term on top of 2 cos - 1 <= 1
