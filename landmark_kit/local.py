@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -72,6 +73,11 @@ class Features:
     descriptors: np.ndarray
     size: tuple[int, int]
 
+    @classmethod
+    def empty(cls, dim: int = 128, size: tuple[int, int] = (0, 0)) -> "Features":
+        """No keypoints: a featureless or unreadable image (it verifies against nothing)."""
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0, dim), np.float32), size)
+
 
 def _grey(img: Image.Image, max_side: int) -> np.ndarray:
     grey = np.asarray(img.convert("L"))
@@ -98,7 +104,7 @@ def rootsift(
         sift = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=contrast_threshold)
     kps, desc = sift.detectAndCompute(grey, None)
     if desc is None or not kps:
-        return Features(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.float32), (grey.shape[1], grey.shape[0]))
+        return Features.empty(size=(grey.shape[1], grey.shape[0]))
     order = np.argsort([-k.response for k in kps], kind="stable")[:max_keypoints]  # OpenCV may return ties
     desc = desc[order]
     desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
@@ -171,6 +177,24 @@ class FeatureStore:
             )
         return path
 
+    @contextmanager
+    def writer(self, shard_size: int):
+        """``add(image_id, features)`` buffers; a shard is written every ``shard_size`` images and at exit."""
+        ids: list[str] = []
+        feats: list[Features] = []
+
+        def add(image_id: str, features: Features) -> None:
+            ids.append(image_id)
+            feats.append(features)
+            if len(feats) >= shard_size:
+                self.write_shard(ids, feats)
+                ids.clear()
+                feats.clear()
+
+        yield add
+        if feats:
+            self.write_shard(ids, feats)
+
     def load_all(self) -> dict[str, Features]:
         """Every image of the split in memory (fine up to ~1e5 images; shard-wise access beyond)."""
         out: dict[str, Features] = {}
@@ -215,22 +239,15 @@ def extract_local(
         return _extract_delg(cfg, data_root, split, todo, store, progress)
     dataset = ImageDataset(data_root, split, todo, RootSiftTransform(cfg), max_side=cfg.max_side)
     loader = DataLoader(dataset, batch_size=16, num_workers=cfg.workers, collate_fn=list)
-    buf_ids: list[str] = []
-    buf: list[Features] = []
-    with tqdm(total=len(todo), desc=f"local features {split}", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(todo), desc=f"local features {split}", unit="img", disable=not progress) as bar, \
+            store.writer(cfg.shard_size) as add:
         for batch in loader:
             for feats, position, failure in batch:
                 if failure is not None:
                     log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
-                    feats = Features(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.float32), (0, 0))
-                buf_ids.append(todo[position])
-                buf.append(feats)
-                if len(buf) >= cfg.shard_size:
-                    store.write_shard(buf_ids, buf)
-                    buf_ids, buf = [], []
+                    feats = Features.empty()
+                add(todo[position], feats)
             bar.update(len(batch))
-    if buf:
-        store.write_shard(buf_ids, buf)
     return store
 
 
@@ -251,46 +268,35 @@ class TensorTransform:
 
 def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress) -> FeatureStore:
     """DELG keypoints/descriptors: DataLoader workers decode, the model runs one image (all scales) at a time."""
-    import torch
-
     from .delg import extract_delg
     from .models import input_normalisation
-    from .train import load_trained
+    from .train import load_trained, resolve_device
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(cfg.device))
     model, _ = load_trained(cfg.checkpoint, device)
     if model.local is None:
         raise ValueError(f"{cfg.checkpoint} has no local head; train it with local_head: true")
     dataset = ImageDataset(data_root, split, todo, TensorTransform(cfg.max_side, *input_normalisation(model.backbone)),
                            max_side=cfg.max_side)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers, pin_memory=device == "cuda")
-    buf_ids: list[str] = []
-    buf: list[Features] = []
     dim = model.local.encoder.out_channels
-    for image, position, failure in tqdm(loader, desc=f"delg {split}", unit="img", disable=not progress):
-        if failure is not None:
-            log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
-            feats = Features(np.zeros((0, 4), np.float32), np.zeros((0, dim), np.float32), (0, 0))
-        else:
+    with store.writer(cfg.shard_size) as add:
+        for image, position, failure in tqdm(loader, desc=f"delg {split}", unit="img", disable=not progress):
+            if failure is not None:
+                log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
+                add(todo[position], Features.empty(dim))
+                continue
             kp, desc = extract_delg(model.backbone, model.local, model.local_level, image[None].to(device),
                                     cfg.scales, cfg.max_keypoints)
-            feats = Features(kp, desc, (image.shape[2], image.shape[1]))
-        buf_ids.append(todo[position])
-        buf.append(feats)
-        if len(buf) >= cfg.shard_size:
-            store.write_shard(buf_ids, buf)
-            buf_ids, buf = [], []
-    if buf:
-        store.write_shard(buf_ids, buf)
+            add(todo[position], Features(kp, desc, (image.shape[2], image.shape[1])))
     return store
 
 
 def _extract_kornia(cfg: LocalConfig, data_root, split, todo, store, progress) -> FeatureStore:
-    import torch
-
     from .data import ImageLoadError, image_path, load_image
+    from .train import resolve_device
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(cfg.device))
     for start in tqdm(range(0, len(todo), cfg.shard_size), desc=f"kornia sift {split}", disable=not progress):
         chunk = todo[start: start + cfg.shard_size]
         greys = []

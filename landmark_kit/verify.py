@@ -141,9 +141,9 @@ def _store_features(folder: str) -> dict[str, Features]:
 
 
 def _device(cfg: VerifyConfig) -> str:
-    if cfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.device
+    from .train import resolve_device  # lazily: RANSAC workers import this module and need no timm
+
+    return str(resolve_device(cfg.device))
 
 
 def _verify_gpu(pairs: Sequence[tuple[str, str]], feats: dict[str, Features], cfg: VerifyConfig, device: str,
