@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from .artifacts import atomic_path, write_text
-from .data import read_train_csv, scan_split
+from .data import atomic_write_csv, read_train_csv, scan_split
 from .extract import describe_split
 from .models import Describer, GlobalDescriptor, create_backbone
 from .recipes import RecipeError, load_recipe, save_recipe, to_dict
@@ -173,8 +173,8 @@ def extract_member(
             feats, failures = describe_split(model, data_root, split, mine, member.image_size, cfg.batch_size,
                                              cfg.workers, str(device), member.scales, member.flip, cfg.amp,
                                              member.aspect)
-            pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]).to_csv(
-                folder / f"{name}.failed.csv", index=False)
+            atomic_write_csv(pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]),
+                             folder / f"{name}.failed.csv")
             save_features(folder, name, feats, mine, cfg.store_dtype)
         if cfg.world_size > 1:
             merge_parts(folder, split, ids, cfg.world_size)
@@ -192,7 +192,7 @@ def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bo
         merged[r::world_size] = part
     save_features(folder, split, merged, ids, str(parts[0].dtype))
     failed = [pd.read_csv(folder / f"{n}.failed.csv", dtype=str) for n in names]
-    pd.concat(failed, ignore_index=True).to_csv(folder / f"{split}.failed.csv", index=False)
+    atomic_write_csv(pd.concat(failed, ignore_index=True), folder / f"{split}.failed.csv")
     for n in names:
         for suffix in (".npy", ".ids", ".failed.csv"):
             (folder / f"{n}{suffix}").unlink(missing_ok=True)
