@@ -12,7 +12,8 @@ from .data import read_train_csv
 from .ensemble import load_features
 from .local import LocalConfig, extract_local
 from .recognition import nearest_neighbour_labels, soft_vote, suppress_frequent, verified_vote
-from .retrieval import neighbour_lists
+from .retrieval import discriminative_rerank, neighbour_lists
+from .search import knn
 from .submission import write_submissions
 from .verify import VerifyConfig, verify_pairs
 
@@ -29,6 +30,8 @@ class PredictConfig:
     local: LocalConfig = field(default_factory=LocalConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     retrieval_k: int = 100
+    rerank: bool = False  # discriminative re-ranking: index images of the query's predicted label move ahead
+    append_positives: bool = True  # with rerank: then add that label's index images not yet retrieved
 
 
 def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str], train_ids: list[str],
@@ -43,6 +46,14 @@ def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str
     inliers = np.zeros(neighbours.shape, np.int64)
     inliers[rows, cols] = verify_pairs(pairs, feats, cfg.verify)
     return inliers
+
+
+def index_predictions(feats: Path, train_labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted label and confidence of every index image from its train neighbours (soft-voting over k)."""
+    index, _ = load_features(feats, "index")
+    train, _ = load_features(feats, "train")
+    scores, neighbours = knn(index, train, max(k, 1))
+    return soft_vote(scores, neighbours, train_labels, max(k, 1))
 
 
 def neighbours_ready(workdir: str | os.PathLike) -> bool:
@@ -79,5 +90,10 @@ def predict(
         labels, scores = nearest_neighbour_labels(rec_nn["scores"], rec_nn["indices"], train_labels)
     if cfg.suppress_over > 0:
         scores = suppress_frequent(labels, scores, cfg.suppress_over)
-    retrieved = neighbour_lists(ret_nn["indices"], index_ids, cfg.retrieval_k)
+    rows = ret_nn["indices"]
+    if cfg.rerank:
+        index_labels, index_confidence = index_predictions(feats, train_labels, cfg.k)
+        rows = discriminative_rerank(rows, labels, index_labels, index_confidence, cfg.retrieval_k,
+                                     cfg.append_positives)
+    retrieved = neighbour_lists(rows, index_ids, cfg.retrieval_k)
     return write_submissions(out_dir, test_ids, labels, scores, retrieved, index_ids)

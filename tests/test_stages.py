@@ -173,3 +173,19 @@ def test_predict_with_verified_shortlist(trained, tiny_competition, tmp_path):
     scores = [float(line.split(",")[1].split()[1]) for line in Path(out[-2]).read_text().splitlines()[1:]
               if line.split(",")[1]]
     assert max(scores) > 1.0  # a verified neighbour adds its inlier term on top of 2 cos - 1 <= 1
+
+
+def test_predict_with_rerank_keeps_retrieved_sets_valid(trained, tiny_competition, tmp_path):
+    from landmark_kit.predict import PredictConfig, predict
+
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
+                      "workers: 0\n")
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
+    _, plain = predict(tiny_competition, tmp_path / "w", tmp_path / "a")
+    _, reranked = predict(tiny_competition, tmp_path / "w", tmp_path / "b", cfg=PredictConfig(k=3, rerank=True))
+    a, b = (p.read_text().splitlines() for p in (plain, reranked))
+    assert a != b and len(a) == len(b)
+    for x, y in zip(a[1:], b[1:]):
+        ids_a, ids_b = x.split(",")[1].split(), y.split(",")[1].split()
+        assert len(set(ids_b)) == len(ids_b) and set(ids_a) <= set(ids_b) | set(ids_a[len(ids_b):])
