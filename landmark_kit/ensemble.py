@@ -147,9 +147,13 @@ def _is_done(folder: Path, split: str, ids: list[str]) -> bool:
 
 
 def extract_member(
-    member: MemberConfig, cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None
+    member: MemberConfig, cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None,
+    ids_by_split: dict[str, list[str]] | None = None,
 ) -> Path:
-    """Extract one member's descriptors for ``splits`` into ``features/<name>/`` (skipping finished splits)."""
+    """Extract one member's descriptors for ``splits`` into ``features/<name>/`` (skipping finished splits).
+
+    ``ids_by_split``: the splits' ids when the caller has them already (a folder scan of millions of files
+    is not free); read from the data root otherwise."""
     folder = Path(workdir) / "features" / member.name
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "member.json"
@@ -160,7 +164,7 @@ def extract_member(
     write_text(meta, json.dumps(identity, indent=2))
     model, device = None, resolve_device(cfg.device)
     for split in splits:
-        ids = split_ids(data_root, split, train_csv)
+        ids = ids_by_split[split] if ids_by_split else split_ids(data_root, split, train_csv)
         if _is_done(folder, split, ids):
             log.info("%s/%s already extracted", member.name, split)
             continue
@@ -274,9 +278,9 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dic
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_recipe(cfg, workdir / "ensemble.yaml")
+    ids = {split: split_ids(data_root, split, train_csv) for split in SPLITS}  # once for every member
     for member in cfg.members:
-        extract_member(member, cfg, data_root, workdir, train_csv=train_csv)
-    ids = {split: split_ids(data_root, split, train_csv) for split in SPLITS}
+        extract_member(member, cfg, data_root, workdir, train_csv=train_csv, ids_by_split=ids)
     if not all(_is_done(workdir / "features" / m.name, split, ids[split]) for m in cfg.members for split in SPLITS):
         log.info("rank %d of %d done; the last rank to finish concatenates and searches", cfg.rank, cfg.world_size)
         return {}

@@ -154,3 +154,13 @@ def flag_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The recipe fields given on the command line."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def launcher_rank(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` plus ``rank`` / ``world_size`` from torchrun's (or any launcher's) RANK / WORLD_SIZE
+    environment variables, where no flag set them."""
+    out = dict(overrides)
+    for env, key in (("RANK", "rank"), ("WORLD_SIZE", "world_size")):
+        if key not in out and env in os.environ:
+            out[key] = int(os.environ[env])
+    return out

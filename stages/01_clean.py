@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from landmark_kit.cleaning import CleanConfig, clean
 from landmark_kit.data import DataError
-from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides, load_recipe
+from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides, launcher_rank, load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,10 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     add_recipe_flags(ap, CleanConfig)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    overrides = flag_overrides(args, CleanConfig)
-    for env, key in (("RANK", "rank"), ("WORLD_SIZE", "world_size")):  # torchrun / plain env vars
-        if key not in overrides and env in os.environ:
-            overrides[key] = int(os.environ[env])
+    overrides = launcher_rank(flag_overrides(args, CleanConfig))  # torchrun / SLURM / plain env vars
     try:
         cfg = load_recipe(CleanConfig, args.recipe, overrides)
         out = Path(args.out_root) / (args.name or Path(args.recipe).stem)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from landmark_kit.ensemble import EnsembleConfig, load_ensemble, run_ensemble
-from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides
+from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides, launcher_rank
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     add_recipe_flags(ap, EnsembleConfig)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    overrides = flag_overrides(args, EnsembleConfig)
-    for env, key in (("RANK", "rank"), ("WORLD_SIZE", "world_size")):  # torchrun / plain env vars
-        if key not in overrides and env in os.environ:
-            overrides[key] = int(os.environ[env])
+    overrides = launcher_rank(flag_overrides(args, EnsembleConfig))  # torchrun / SLURM / plain env vars
     try:
         cfg = load_ensemble(args.ensemble, overrides)
     except RecipeError as exc:

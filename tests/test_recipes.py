@@ -60,3 +60,15 @@ def test_cli_flags_only_override_what_is_given():
     assert flag_overrides(args, Inner) == {"name": "x", "path": None}
     with pytest.raises(SystemExit):
         ap.parse_args(["--weight", "heavy"])
+
+
+def test_launcher_rank_takes_env_only_where_no_flag_set_it(monkeypatch):
+    from landmark_kit.recipes import launcher_rank
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert launcher_rank({"k": 5}) == {"k": 5, "rank": 3, "world_size": 8}
+    assert launcher_rank({"rank": 1}) == {"rank": 1, "world_size": 8}  # a flag wins over the environment
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert launcher_rank({}) == {}
