@@ -4,7 +4,9 @@ Cleaning (stage 01) runs and reports its noise precision / recall. Rows: a learn
 baseline, EfficientNet-Lite0 with random weights, the same with ImageNet weights zero-shot, the model
 fine-tuned on the raw (noisy) train list, the same recipe fine-tuned on the cleaned list for the same
 number of optimizer steps, and the two-member ensemble (`ensembles/synthetic-ensemble.yaml`) of the
-last model with the zero-shot one. Every step resumes: a second run reuses what the first one finished.
+last model with the zero-shot one. Then stage 04's post-processing chain (`submissions/full.yaml`) step by
+step on that ensemble: two tables shaped like seed 003's Tables 3 and 4. Every step resumes: a second run
+reuses what the first one finished.
 
     python -m landmark_kit.demo [--workdir runs/demo] [--landmarks 40 --seed 0]
 """
@@ -18,11 +20,14 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import pandas as pd
+
+from .ablation import ablate, format_markdown
 from .baselines import run_histogram_baseline
 from .cleaning import CleanConfig, clean
 from .data import read_train_csv
 from .ensemble import load_ensemble, run_ensemble
-from .predict import predict
+from .predict import PredictConfig, predict
 from .recipes import load_recipe
 from .scoring import score_files
 from .synthetic import SyntheticConfig, generate
@@ -75,8 +80,10 @@ def run_cleaning(data: Path, out: Path, workdir: Path) -> None:
           f"clean kept {truth['clean_kept']:.3f} -> {out / 'train_clean.csv'}")
 
 
-def run_demo(workdir: Path, synthetic: SyntheticConfig, train_overrides: dict | None = None) -> list[dict]:
-    """Run every step into ``workdir``; returns the score rows."""
+def run_demo(workdir: Path, synthetic: SyntheticConfig, train_overrides: dict | None = None
+             ) -> tuple[list[dict], dict[str, pd.DataFrame]]:
+    """Run every step into ``workdir``; returns the score rows and the stage-04 ablation tables of the
+    ensemble (``submissions/full.yaml``)."""
     data = workdir / "synthetic"
     subs = workdir / "submissions"
     ensure_synthetic(data, synthetic)
@@ -107,7 +114,11 @@ def run_demo(workdir: Path, synthetic: SyntheticConfig, train_overrides: dict | 
                 member.checkpoint, member.image_size = str(trained), train_cfg.image_size
         run_ensemble(cfg, data, workdir / "ensemble" / name)
         rows.append(score_row(label, data, *predict(data, workdir / "ensemble" / name, subs / name)))
-    return rows
+    name = runs[-1][1]
+    tables = ablate(data, workdir / "ensemble" / name, load_recipe(PredictConfig, REPO / "submissions" / "full.yaml"),
+                    data / "recognition_solution.csv", data / "retrieval_solution.csv",
+                    workdir / "ensemble" / name / "ablation" / "full", submission_dir=subs / f"{name}-full")
+    return rows, tables
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,10 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size), ("seed", args.train_seed))
                  if v is not None}
-    rows = run_demo(Path(args.workdir), SyntheticConfig(landmarks=args.landmarks, seed=args.seed), overrides)
+    rows, tables = run_demo(Path(args.workdir), SyntheticConfig(landmarks=args.landmarks, seed=args.seed), overrides)
     print()
     print(f"synthetic competition, All (Public + Private); demo took {time.time() - start:.0f} s")
     print(format_table(rows))
+    for track, caption in (("recognition", "Table 4 (recognition, GAP)"), ("retrieval", "Table 3 (retrieval, mAP@100)")):
+        print(f"\nstage 04 step by step on the ensemble, like seed 003's {caption}; submissions/full.yaml")
+        print(format_markdown(tables[track], track), end="")
 
 
 if __name__ == "__main__":

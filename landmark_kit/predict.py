@@ -1,18 +1,23 @@
-"""Stage 04: recognition and retrieval submissions from the neighbours stage 03 saved in a run directory."""
+"""Stage 04: recognition and retrieval submissions from the neighbours stage 03 saved in a run directory.
+
+Both tracks are chains of switchable steps (:func:`recognition_steps`, :func:`retrieval_steps`); a submission
+is the last link of each chain, and ``landmark_kit.ablation`` scores every link.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .data import read_train_csv
+from .data import DataError, read_train_csv
 from .ensemble import load_features
 from .local import LocalConfig, extract_local
 from .recognition import nearest_neighbour_labels, soft_vote, suppress_frequent, verified_vote
-from .retrieval import discriminative_rerank, neighbour_lists
+from .retrieval import database_augment, discriminative_rerank, local_rerank, neighbour_lists, query_expand
 from .search import knn
 from .submission import write_submissions
 from .verify import VerifyConfig, verify_pairs
@@ -20,7 +25,7 @@ from .verify import VerifyConfig, verify_pairs
 
 @dataclass
 class PredictConfig:
-    """Stage 04 recipe (``submissions/*.yaml``); the defaults are plain kNN top-1 recognition."""
+    """Stage 04 recipe (``submissions/*.yaml``); the defaults are plain kNN top-1 recognition and kNN retrieval."""
 
     k: int = 1  # train neighbours that vote: 1 = nearest neighbour; > 1 = smlyaka 2019 soft-voting
     suppress_over: int = 0  # labels predicted for more than this many test images score -frequency (0 = off)
@@ -30,19 +35,58 @@ class PredictConfig:
     local: LocalConfig = field(default_factory=LocalConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     retrieval_k: int = 100
+    dba_k: int = 0  # > 0: database-side augmentation, each index descriptor averaged with its dba_k neighbours
+    qe_k: int = 0  # > 0: alpha-query expansion with the query's qe_k best index neighbours
+    qe_alpha: float = 3.0  # neighbour weights similarity^alpha (DBA and QE)
+    local_rerank: int = 0  # > 0: the first N index neighbours re-sorted by similarity x sqrt(inliers) (seed 000)
     rerank: bool = False  # discriminative re-ranking: index images of the query's predicted label move ahead
     append_positives: bool = True  # with rerank: then add that label's index images not yet retrieved
 
 
-def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str], train_ids: list[str],
-                      neighbours: np.ndarray) -> np.ndarray:
-    """RANSAC inliers between each test query and its shortlisted train neighbours ``(Q, S)``; local features
-    of both splits cached (resumable) under ``workdir/local``."""
+@dataclass
+class RunData:
+    """What stage 04 reads from a stage-03 run directory: ids, train labels, the saved neighbours."""
+
+    workdir: Path
+    test_ids: list[str]
+    train_ids: list[str]
+    index_ids: list[str]
+    train_labels: np.ndarray
+    train_scores: np.ndarray  # (Q, k_train) test -> train similarities, best first
+    train_neighbours: np.ndarray
+    index_scores: np.ndarray  # (Q, k_index) test -> index
+    index_neighbours: np.ndarray
+
+    @property
+    def features(self) -> Path:
+        return self.workdir / "features" / "ensemble"
+
+
+def load_run(data_root, workdir, train_csv=None) -> RunData:
+    """Ids, labels and neighbour files of a run directory (stage 03 must have finished)."""
+    workdir = Path(workdir)
+    feats = workdir / "features" / "ensemble"
+    ids = {split: load_features(feats, split)[1] for split in ("test", "train", "index")}
+    train = read_train_csv(train_csv or Path(data_root) / "train.csv").set_index("id")
+    missing = [i for i in ids["train"] if i not in train.index]
+    if missing:
+        raise DataError(f"{workdir}: {len(missing)} train descriptor id(s) not in the train CSV, e.g. {missing[0]}")
+    rec = np.load(workdir / "neighbours" / "test_train.npz")
+    ret = np.load(workdir / "neighbours" / "test_index.npz")
+    return RunData(workdir, ids["test"], ids["train"], ids["index"],
+                   train.loc[ids["train"], "landmark_id"].to_numpy(dtype=np.int64),
+                   rec["scores"], rec["indices"], ret["scores"], ret["indices"])
+
+
+def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str], db_ids: list[str],
+                      neighbours: np.ndarray, db_split: str = "train") -> np.ndarray:
+    """RANSAC inliers between each test query and its shortlisted ``db_split`` neighbours ``(Q, S)``; local
+    features of both splits cached (resumable) under ``workdir/local``."""
     rows, cols = np.nonzero(neighbours >= 0)
-    pairs = [(test_ids[q], train_ids[neighbours[q, j]]) for q, j in zip(rows, cols)]
+    pairs = [(test_ids[q], db_ids[neighbours[q, j]]) for q, j in zip(rows, cols)]
     needed = sorted({b for _, b in pairs})
     feats = extract_local(cfg.local, data_root, "test", test_ids, Path(workdir) / "local").load_all()
-    feats.update(extract_local(cfg.local, data_root, "train", needed, Path(workdir) / "local").load_all())
+    feats.update(extract_local(cfg.local, data_root, db_split, needed, Path(workdir) / "local").load_all())
     inliers = np.zeros(neighbours.shape, np.int64)
     inliers[rows, cols] = verify_pairs(pairs, feats, cfg.verify)
     return inliers
@@ -62,38 +106,65 @@ def neighbours_ready(workdir: str | os.PathLike) -> bool:
     return (folder / "test_train.npz").is_file() and (folder / "test_index.npz").is_file()
 
 
+def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """The recognition chain, one ``(step name, labels, scores)`` per step switched on in ``cfg``, each
+    building on the previous: kNN top-1, soft-voting, spatial verification of a shortlist, suppression."""
+    labels, scores = nearest_neighbour_labels(run.train_scores, run.train_neighbours, run.train_labels)
+    yield "kNN top-1", labels, scores
+    if cfg.k > 1:
+        labels, scores = soft_vote(run.train_scores, run.train_neighbours, run.train_labels, cfg.k)
+        yield f"+ soft-voting (k={cfg.k})", labels, scores
+    if cfg.verify_shortlist > 0:
+        shortlist = run.train_neighbours[:, : cfg.verify_shortlist]
+        inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.train_ids, shortlist)
+        labels, scores = verified_vote(run.train_scores[:, : cfg.verify_shortlist], shortlist, run.train_labels,
+                                       inliers, cfg.k, cfg.inlier_cap, cfg.inlier_floor)
+        yield f"+ spatial verification ({cfg.local.backend}, shortlist {cfg.verify_shortlist})", labels, scores
+    if cfg.suppress_over > 0:
+        yield (f"+ distractor suppression (> {cfg.suppress_over})", labels,
+               suppress_frequent(labels, scores, cfg.suppress_over))
+
+
+def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: np.ndarray
+                    ) -> Iterator[tuple[str, list[np.ndarray] | np.ndarray]]:
+    """The retrieval chain, one ``(step name, index rows)`` per step switched on in ``cfg``: kNN, DBA/QE
+    (a new search), local-feature re-ranking of the first rows, discriminative re-ranking with the queries'
+    recognised labels ``query_labels``, appended positives."""
+    rows, scores = run.index_neighbours, run.index_scores
+    yield "kNN", rows
+    if cfg.dba_k > 0 or cfg.qe_k > 0:
+        index = np.asarray(load_features(run.features, "index")[0], np.float32)
+        queries = np.asarray(load_features(run.features, "test")[0], np.float32)
+        if cfg.dba_k > 0:
+            index = database_augment(index, cfg.dba_k, cfg.qe_alpha)
+        k = min(max(cfg.retrieval_k, run.index_neighbours.shape[1]), len(index))
+        scores, rows = knn(queries, index, k)
+        if cfg.qe_k > 0:
+            scores, rows = knn(query_expand(queries, index, scores, rows, cfg.qe_k, cfg.qe_alpha), index, k)
+        names = [f"DBA (k={cfg.dba_k})"] * (cfg.dba_k > 0) + [f"alpha-QE (k={cfg.qe_k})"] * (cfg.qe_k > 0)
+        yield f"+ {', '.join(names)} (alpha={cfg.qe_alpha:g})", rows
+    if cfg.local_rerank > 0:
+        top = rows[:, : cfg.local_rerank]
+        inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.index_ids, top, "index")
+        rows = local_rerank(rows, scores, inliers)
+        yield f"+ local-feature re-ranking ({cfg.local.backend}, top {cfg.local_rerank})", rows
+    if cfg.rerank:
+        index_labels, confidence = index_predictions(run.features, run.train_labels, cfg.k)
+        yield "+ discriminative re-ranking", discriminative_rerank(rows, query_labels, index_labels, confidence,
+                                                                   cfg.retrieval_k, append=False)
+        if cfg.append_positives:
+            yield "+ appended positives", discriminative_rerank(rows, query_labels, index_labels, confidence,
+                                                                cfg.retrieval_k, append=True)
+
+
 def predict(
     data_root: str | os.PathLike, workdir: str | os.PathLike, out_dir: str | os.PathLike, train_csv=None,
     cfg: PredictConfig | None = None,
 ) -> tuple[Path, Path]:
-    """Recognition from the train neighbours (kNN top-1, or soft-voting over ``cfg.k`` with optional
-    distractor suppression) and the ``retrieval_k`` nearest index images; both CSVs written to ``out_dir``
-    and validated."""
+    """Both CSVs from the last step of each chain in ``cfg``, written to ``out_dir`` and validated."""
     cfg = cfg or PredictConfig()
-    workdir = Path(workdir)
-    feats = workdir / "features" / "ensemble"
-    _, test_ids = load_features(feats, "test")
-    _, train_ids = load_features(feats, "train")
-    _, index_ids = load_features(feats, "index")
-    train = read_train_csv(train_csv or Path(data_root) / "train.csv").set_index("id")
-    train_labels = train.loc[train_ids, "landmark_id"].to_numpy(dtype=np.int64)
-    rec_nn = np.load(workdir / "neighbours" / "test_train.npz")
-    ret_nn = np.load(workdir / "neighbours" / "test_index.npz")
-    if cfg.verify_shortlist > 0:
-        shortlist = rec_nn["indices"][:, : cfg.verify_shortlist]
-        inliers = shortlist_inliers(cfg, data_root, workdir, test_ids, train_ids, shortlist)
-        labels, scores = verified_vote(rec_nn["scores"][:, : cfg.verify_shortlist], shortlist, train_labels, inliers,
-                                       cfg.k, cfg.inlier_cap, cfg.inlier_floor)
-    elif cfg.k > 1:
-        labels, scores = soft_vote(rec_nn["scores"], rec_nn["indices"], train_labels, cfg.k)
-    else:
-        labels, scores = nearest_neighbour_labels(rec_nn["scores"], rec_nn["indices"], train_labels)
-    if cfg.suppress_over > 0:
-        scores = suppress_frequent(labels, scores, cfg.suppress_over)
-    rows = ret_nn["indices"]
-    if cfg.rerank:
-        index_labels, index_confidence = index_predictions(feats, train_labels, cfg.k)
-        rows = discriminative_rerank(rows, labels, index_labels, index_confidence, cfg.retrieval_k,
-                                     cfg.append_positives)
-    retrieved = neighbour_lists(rows, index_ids, cfg.retrieval_k)
-    return write_submissions(out_dir, test_ids, labels, scores, retrieved, index_ids)
+    run = load_run(data_root, workdir, train_csv)
+    *_, (_, labels, scores) = recognition_steps(cfg, run, data_root)
+    *_, (_, rows) = retrieval_steps(cfg, run, data_root, labels)
+    retrieved = neighbour_lists(rows, run.index_ids, cfg.retrieval_k)
+    return write_submissions(out_dir, run.test_ids, labels, scores, retrieved, run.index_ids)

@@ -40,3 +40,43 @@ def discriminative_rerank(
         parts.append(row[~same])
         out.append(np.concatenate(parts)[:k])
     return out
+
+
+def _weighted_means(base: np.ndarray, database: np.ndarray, scores: np.ndarray, rows: np.ndarray, alpha: float,
+                    chunk: int = 8192) -> np.ndarray:
+    """L2-normalised ``base + sum_j max(s_j, 0)^alpha x_j`` over each row's neighbours, chunked for memory."""
+    out = np.empty_like(base, dtype=np.float32)
+    for start in range(0, len(base), chunk):
+        idx = rows[start: start + chunk]
+        weights = np.where(idx >= 0, np.maximum(scores[start: start + chunk], 0.0) ** alpha, 0.0).astype(np.float32)
+        summed = base[start: start + chunk] + np.einsum("nk,nkd->nd", weights, database[np.maximum(idx, 0)])
+        out[start: start + chunk] = summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def database_augment(database: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
+    """Database-side augmentation (alpha-DBA, Radenovic et al. 2018): every database descriptor replaced by
+    itself plus its ``k`` nearest other database descriptors weighted by similarity^alpha, re-normalised."""
+    from .search import knn
+
+    database = np.asarray(database, np.float32)
+    scores, rows = knn(database, database, min(k + 1, len(database)))
+    self_hit = rows == np.arange(len(database))[:, None]  # the row itself is already the base term
+    return _weighted_means(database, database, np.where(self_hit, 0.0, scores), np.where(self_hit, -1, rows), alpha)
+
+
+def query_expand(queries: np.ndarray, database: np.ndarray, scores: np.ndarray, rows: np.ndarray, k: int,
+                 alpha: float = 3.0) -> np.ndarray:
+    """alpha-query expansion: each query plus its ``k`` best database neighbours (``scores``/``rows`` from a
+    first search) weighted by similarity^alpha, re-normalised; search again with the result."""
+    return _weighted_means(np.asarray(queries, np.float32), np.asarray(database, np.float32), scores[:, :k],
+                           rows[:, :k], alpha)
+
+
+def local_rerank(rows: np.ndarray, scores: np.ndarray, inliers: np.ndarray) -> np.ndarray:
+    """Seed 000's local-feature re-ranking: the first ``inliers.shape[1]`` neighbours of each row re-sorted by
+    similarity x sqrt(inliers) (stable), the rest kept behind them in their order."""
+    n = inliers.shape[1]
+    head = np.where(rows[:, :n] >= 0, scores[:, :n] * np.sqrt(np.maximum(inliers, 0)), -np.inf)
+    order = np.argsort(-head, axis=1, kind="stable")
+    return np.concatenate([np.take_along_axis(rows[:, :n], order, axis=1), rows[:, n:]], axis=1)
