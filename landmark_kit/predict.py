@@ -16,8 +16,9 @@ import numpy as np
 from .data import DataError, read_train_csv
 from .ensemble import load_features
 from .local import LocalConfig, extract_local
-from .recognition import nearest_neighbour_labels, soft_vote, suppress_frequent, verified_vote
-from .retrieval import database_augment, discriminative_rerank, local_rerank, neighbour_lists, query_expand
+from .recognition import nearest_neighbour_labels, nonlandmark_penalty, soft_vote, suppress_frequent, verified_vote
+from .retrieval import (database_augment, discriminative_rerank, local_rerank, neighbour_lists, query_expand,
+                        soft_rerank)
 from .search import knn
 from .submission import write_submissions
 from .verify import VerifyConfig, verify_pairs
@@ -29,6 +30,9 @@ class PredictConfig:
 
     k: int = 1  # train neighbours that vote: 1 = nearest neighbour; > 1 = smlyaka 2019 soft-voting
     suppress_over: int = 0  # labels predicted for more than this many test images score -frequency (0 = off)
+    nonlandmark_pool: str | None = None  # a split of the run ("index") used as non-landmark pool (GLR2020)
+    nonlandmark_k: int = 10  # pool neighbours whose mean similarity is subtracted
+    nonlandmark_weight: float = 1.0
     verify_shortlist: int = 0  # > 0: RANSAC-verify this many train neighbours per query, then vote (k best)
     inlier_cap: float = 70.0  # t in min(t, inliers - floor) / t
     inlier_floor: float = 0.0  # chance-level inliers subtracted first (0 in the paper)
@@ -39,6 +43,9 @@ class PredictConfig:
     qe_k: int = 0  # > 0: alpha-query expansion with the query's qe_k best index neighbours
     qe_alpha: float = 3.0  # neighbour weights similarity^alpha (DBA and QE)
     local_rerank: int = 0  # > 0: the first N index neighbours re-sorted by similarity x sqrt(inliers) (seed 000)
+    soft_rerank: bool = False  # GLR2021 soft up/down: similarity +up x confidence (same label), -down x (other)
+    rerank_up: float = 1.0
+    rerank_down: float = 1.0
     rerank: bool = False  # discriminative re-ranking: index images of the query's predicted label move ahead
     append_positives: bool = True  # with rerank: then add that label's index images not yet retrieved
 
@@ -108,7 +115,8 @@ def neighbours_ready(workdir: str | os.PathLike) -> bool:
 
 def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """The recognition chain, one ``(step name, labels, scores)`` per step switched on in ``cfg``, each
-    building on the previous: kNN top-1, soft-voting, spatial verification of a shortlist, suppression."""
+    building on the previous: kNN top-1, soft-voting, spatial verification of a shortlist, non-landmark
+    penalty, suppression."""
     labels, scores = nearest_neighbour_labels(run.train_scores, run.train_neighbours, run.train_labels)
     yield "kNN top-1", labels, scores
     if cfg.k > 1:
@@ -120,6 +128,12 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
         labels, scores = verified_vote(run.train_scores[:, : cfg.verify_shortlist], shortlist, run.train_labels,
                                        inliers, cfg.k, cfg.inlier_cap, cfg.inlier_floor)
         yield f"+ spatial verification ({cfg.local.backend}, shortlist {cfg.verify_shortlist})", labels, scores
+    if cfg.nonlandmark_pool:
+        pool = load_features(run.features, cfg.nonlandmark_pool)[0]
+        queries = load_features(run.features, "test")[0]
+        similarities, _ = knn(queries, pool, min(cfg.nonlandmark_k, len(pool)))
+        scores = nonlandmark_penalty(scores, similarities, cfg.nonlandmark_weight)
+        yield f"+ non-landmark penalty ({cfg.nonlandmark_pool}, k={cfg.nonlandmark_k})", labels, scores
     if cfg.suppress_over > 0:
         yield (f"+ distractor suppression (> {cfg.suppress_over})", labels,
                suppress_frequent(labels, scores, cfg.suppress_over))
@@ -128,8 +142,8 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
 def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: np.ndarray
                     ) -> Iterator[tuple[str, list[np.ndarray] | np.ndarray]]:
     """The retrieval chain, one ``(step name, index rows)`` per step switched on in ``cfg``: kNN, DBA/QE
-    (a new search), local-feature re-ranking of the first rows, discriminative re-ranking with the queries'
-    recognised labels ``query_labels``, appended positives."""
+    (a new search), local-feature re-ranking of the first rows, soft up/down and/or discriminative re-ranking
+    with the queries' recognised labels ``query_labels``, appended positives."""
     rows, scores = run.index_neighbours, run.index_scores
     yield "kNN", rows
     if cfg.dba_k > 0 or cfg.qe_k > 0:
@@ -146,10 +160,15 @@ def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: n
     if cfg.local_rerank > 0:
         top = rows[:, : cfg.local_rerank]
         inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.index_ids, top, "index")
-        rows = local_rerank(rows, scores, inliers)
+        rows, scores = local_rerank(rows, scores, inliers)
         yield f"+ local-feature re-ranking ({cfg.local.backend}, top {cfg.local_rerank})", rows
-    if cfg.rerank:
+    if cfg.soft_rerank or cfg.rerank:
         index_labels, confidence = index_predictions(run.features, run.train_labels, cfg.k)
+    if cfg.soft_rerank:
+        rows = soft_rerank(rows, scores, query_labels, index_labels, confidence / max(cfg.k, 1), cfg.rerank_up,
+                           cfg.rerank_down)
+        yield f"+ soft up/down re-ranking (up {cfg.rerank_up:g}, down {cfg.rerank_down:g})", rows
+    if cfg.rerank:
         yield "+ discriminative re-ranking", discriminative_rerank(rows, query_labels, index_labels, confidence,
                                                                    cfg.retrieval_k, append=False)
         if cfg.append_positives:

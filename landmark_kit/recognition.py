@@ -70,3 +70,12 @@ def verified_vote(
     top_votes = np.take_along_axis(votes, order, axis=1)
     # soft_vote adds (2 s - 1) back on top of its input: hand it s' with 2 s' - 1 = v, no inliers
     return soft_vote((top_votes + 1.0) / 2.0, top, train_labels, k)
+
+
+def nonlandmark_penalty(scores: np.ndarray, pool_similarities: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """GLR2020 1st place's use of out-of-domain images: each query's confidence minus ``weight`` x its mean
+    similarity to its nearest images of a non-landmark pool (``pool_similarities`` ``(Q, k)`` from a kNN
+    search of the pool, -1 padding columns ignored), so queries that look like the pool sink in the GAP
+    ranking while their labels stay."""
+    sims = np.where(pool_similarities > -1e30, pool_similarities, np.nan)
+    return scores - weight * np.nan_to_num(np.nanmean(sims, axis=1), nan=0.0)

@@ -73,10 +73,28 @@ def query_expand(queries: np.ndarray, database: np.ndarray, scores: np.ndarray, 
                            rows[:, :k], alpha)
 
 
-def local_rerank(rows: np.ndarray, scores: np.ndarray, inliers: np.ndarray) -> np.ndarray:
+def local_rerank(rows: np.ndarray, scores: np.ndarray, inliers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Seed 000's local-feature re-ranking: the first ``inliers.shape[1]`` neighbours of each row re-sorted by
-    similarity x sqrt(inliers) (stable), the rest kept behind them in their order."""
+    similarity x sqrt(inliers) (stable), the rest kept behind them in their order. Returns the rows and their
+    similarities in the new order."""
     n = inliers.shape[1]
     head = np.where(rows[:, :n] >= 0, scores[:, :n] * np.sqrt(np.maximum(inliers, 0)), -np.inf)
     order = np.argsort(-head, axis=1, kind="stable")
-    return np.concatenate([np.take_along_axis(rows[:, :n], order, axis=1), rows[:, n:]], axis=1)
+    order = np.concatenate([order, np.broadcast_to(np.arange(n, rows.shape[1]), (len(rows), rows.shape[1] - n))], 1)
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def soft_rerank(rows: np.ndarray, scores: np.ndarray, query_labels: np.ndarray, index_labels: np.ndarray,
+                index_confidence: np.ndarray, up: float = 1.0, down: float = 1.0) -> np.ndarray:
+    """Soft up/down re-ranking (GLR2021 winners' variant of discriminative re-ranking): a retrieved image's
+    similarity rises by ``up`` x its label confidence when its predicted label is the query's and falls by
+    ``down`` x that confidence otherwise; each row is re-sorted by the result (stable). Unlike the hard
+    partition, a confident same-label image can still rank behind a much closer one. Queries without a label
+    (-1) keep their row."""
+    valid = rows >= 0
+    labels = np.where(valid, index_labels[np.maximum(rows, 0)], -2)
+    confidence = np.where(valid, index_confidence[np.maximum(rows, 0)], 0.0)
+    same = labels == query_labels[:, None]
+    adjusted = scores + np.where(same, up, -down) * confidence * (query_labels[:, None] >= 0)
+    order = np.argsort(-np.where(valid, adjusted, -np.inf), axis=1, kind="stable")
+    return np.take_along_axis(rows, order, axis=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from landmark_kit.metrics import global_average_precision
-from landmark_kit.recognition import nearest_neighbour_labels, soft_vote, suppress_frequent
+from landmark_kit.recognition import nearest_neighbour_labels, nonlandmark_penalty, soft_vote, suppress_frequent
 
 
 def test_soft_vote_formula_on_hand_made_neighbours():
@@ -72,3 +72,15 @@ def test_inlier_floor_removes_chance_matches():
     inliers = np.array([[0, 9]])  # 9 chance inliers lift the wrong neighbour past the right one...
     assert verified_vote(scores, neighbours, train_labels, inliers, k=1, t=70)[0][0] == 2
     assert verified_vote(scores, neighbours, train_labels, inliers, k=1, t=70, floor=10)[0][0] == 1  # ...not now
+
+
+def test_nonlandmark_penalty_sinks_queries_close_to_the_pool():
+    scores = np.array([0.9, 0.8, 0.7])
+    pool = np.array([[0.9, 0.7], [0.1, 0.0], [0.3, -3.4e38]])  # query 2 has one pool neighbour (padding)
+    out = nonlandmark_penalty(scores, pool, weight=0.5)
+    np.testing.assert_allclose(out, [0.9 - 0.4, 0.8 - 0.025, 0.7 - 0.15])
+    # a constructed case: a distractor query with a high score but pool-like, above a true landmark query
+    solution = {"a": [1], "b": []}
+    before = pd.DataFrame({"id": ["a", "b"], "landmark_id": [1, 2], "score": [0.6, 0.7]})
+    after = before.assign(score=nonlandmark_penalty(before["score"].to_numpy(), np.array([[0.1], [0.9]])))
+    assert global_average_precision(before, solution) == 0.5 and global_average_precision(after, solution) == 1.0

@@ -4,8 +4,9 @@ confidence, cut at k), DBA, alpha-QE and local-feature re-ranking on hand-made v
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from landmark_kit.retrieval import database_augment, discriminative_rerank, local_rerank, query_expand
+from landmark_kit.retrieval import database_augment, discriminative_rerank, local_rerank, query_expand, soft_rerank
 
 
 def test_rerank_order_and_appended_positives():
@@ -51,6 +52,18 @@ def test_local_rerank_sorts_the_head_by_similarity_times_sqrt_inliers():
     rows = np.array([[10, 11, 12, 13], [5, 6, -1, -1]])
     scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.5, 0.4, -3.4e38, -3.4e38]], np.float32)
     inliers = np.array([[1, 16, 0], [0, 4, 0]])
-    out = local_rerank(rows, scores, inliers)
+    out, similarities = local_rerank(rows, scores, inliers)
     # 0.9 x 1, 0.8 x 4 = 3.2, 0.7 x 0 -> 11, 10, 12; the tail (13) keeps its place; padding stays last
     assert out.tolist() == [[11, 10, 12, 13], [6, 5, -1, -1]]
+    assert similarities[0].tolist() == pytest.approx([0.8, 0.9, 0.7, 0.6])
+
+
+def test_soft_rerank_moves_same_label_images_by_confidence_not_past_everything():
+    index_labels = np.array([1, 2, 1, 3])
+    confidence = np.array([0.5, 0.9, 0.05, 0.0])
+    rows = np.array([[1, 0, 3, 2], [1, 0, 3, 2], [3, 2, -1, -1]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6], [0.5, 0.4, -3e38, -3e38]])
+    out = soft_rerank(rows, scores, np.array([1, -1, 1]), index_labels, confidence, up=1.0, down=0.5)
+    # query 0 (label 1): 1 -> 0.9 - 0.45, 0 -> 0.8 + 0.5, 3 -> 0.7 - 0, 2 -> 0.6 + 0.05: the weakly
+    # confident same-label image 2 stays behind the closer 3; query 1 has no label and keeps its row
+    assert out.tolist() == [[0, 3, 2, 1], [1, 0, 3, 2], [3, 2, -1, -1]]

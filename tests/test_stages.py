@@ -199,18 +199,20 @@ def test_predict_ablate_scores_every_step_and_writes_the_last(trained, tiny_comp
     recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
                       "  - name: random\n    backbone: tf_efficientnet_lite0\n    image_size: 64\nworkers: 0\n")
     post = tmp_path / "all.yaml"
-    post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nsuppress_over: 1\ndba_k: 1\nqe_k: 1\n"
-                    "local_rerank: 5\nrerank: true\nlocal: {max_keypoints: 300, workers: 0}\nverify: {workers: 1}\n")
+    post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nnonlandmark_pool: index\nsuppress_over: 1\n"
+                    "dba_k: 1\nqe_k: 1\nlocal_rerank: 5\nsoft_rerank: true\nrerank: true\n"
+                    "local: {max_keypoints: 300, workers: 0}\nverify: {workers: 1}\n")
     out = stage("04_predict.py", "--data-root", tiny_competition, "--workdir", tmp_path / "w", "--ensemble", recipe,
                 "--out-root", tmp_path / "subs", "--recipe", post, "--ablate").stdout.strip().splitlines()
     tables = tmp_path / "w" / "ablation" / "all"
     rec, ret = (pd.read_csv(tables / f"{t}.csv") for t in ("recognition", "retrieval"))
     assert rec["method"].tolist()[0].startswith("Single best model (") and rec["method"].tolist()[1:] == [
         "+ Ensemble 2 models (kNN top-1)", "+ soft-voting (k=3)", "+ spatial verification (rootsift, shortlist 5)",
-        "+ distractor suppression (> 1)"]
+        "+ non-landmark penalty (index, k=10)", "+ distractor suppression (> 1)"]
     assert ret["method"].tolist()[1:] == [
         "+ Ensemble 2 models (kNN)", "+ DBA (k=1), alpha-QE (k=1) (alpha=3)",
-        "+ local-feature re-ranking (rootsift, top 5)", "+ discriminative re-ranking", "+ appended positives"]
+        "+ local-feature re-ranking (rootsift, top 5)", "+ soft up/down re-ranking (up 1, down 1)",
+        "+ discriminative re-ranking", "+ appended positives"]
     assert (tables / "recognition.md").read_text().startswith("| method | GAP Public")
     # the best-member row is the better member's own score; the submission written is the chain's last row
     members = [score_files(tiny_competition / "recognition_solution.csv", p)["scores"]["All"]["GAP"]
