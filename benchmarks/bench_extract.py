@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
                     help="multi-scale TTA as in an ensemble member, e.g. 0.75 1 1.25 (seed 003)")
+    ap.add_argument("--decode", default="auto", choices=["auto", "cpu", "device"],
+                    help="where JPEGs are decoded: loader workers, or the model's device (nvjpeg on CUDA)")
     ap.add_argument("--model", default="tf_efficientnet_lite0",
                     help="timm name; ImageNet weights for the lite models, random for others (speed is the same)")
     args = ap.parse_args()
@@ -61,10 +63,12 @@ def main() -> None:
             wrapped(batch[offset: offset + args.batch_size]).float().cpu()
         bare = len(ids) / (time.perf_counter() - start)
     start = time.perf_counter()
-    describe_split(model, data, "train", ids, args.size, args.batch_size, args.workers, str(device), args.scales)
+    describe_split(model, data, "train", ids, args.size, args.batch_size, args.workers, str(device), args.scales,
+                   decode=args.decode)
     full = len(ids) / (time.perf_counter() - start)
-    print(json.dumps({"model": args.model, "images": len(ids), "size": args.size, "scales": args.scales, "batch_size": args.batch_size,
-                      "workers": args.workers, "device": str(device), "bare_forward_img_per_s": round(bare, 1),
+    print(json.dumps({"model": args.model, "images": len(ids), "size": args.size, "scales": args.scales,
+                      "batch_size": args.batch_size, "workers": args.workers, "decode": args.decode,
+                      "device": str(device), "bare_forward_img_per_s": round(bare, 1),
                       "extract_img_per_s": round(full, 1), "ratio": round(full / bare, 3)}, indent=2))
 
 

@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"synthetic competition, All (Public + Private); demo took {time.time() - start:.0f} s")
     print(format_table(rows))
-    for track, caption in (("recognition", "Table 4 (recognition, GAP)"), ("retrieval", "Table 3 (retrieval, mAP@100)")):
+    for track, caption in (("recognition", "Table 4 (recognition, GAP)"),
+                           ("retrieval", "Table 3 (retrieval, mAP@100)")):
         print(f"\nstage 04 step by step on the ensemble, like seed 003's {caption}; submissions/full.yaml")
         print(format_markdown(tables[track], track), end="")
 

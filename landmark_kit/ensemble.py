@@ -64,6 +64,7 @@ class EnsembleConfig:
     workers: int = 2
     device: str = "auto"
     amp: bool = True  # float16 autocast for extraction on CUDA
+    decode: str = "auto"  # JPEGs decoded by: cpu (loader workers), device (nvjpeg), auto (device on CUDA, < 8 workers)
     k_train: int = 20  # train neighbours kept per test query (recognition, verification shortlists)
     k_index: int = 100  # index neighbours kept per test query (retrieval)
     whiten: bool = False  # PCA-whitening of the concatenation, learned on whiten_split, applied to every split
@@ -176,7 +177,7 @@ def extract_member(
                 model = build_member(member, device)
             feats, failures = describe_split(model, data_root, split, mine, member.image_size, cfg.batch_size,
                                              cfg.workers, str(device), member.scales, member.flip, cfg.amp,
-                                             member.aspect)
+                                             member.aspect, cfg.decode)
             atomic_write_csv(pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]),
                              folder / f"{name}.failed.csv")
             save_features(folder, name, feats, mine, cfg.store_dtype)

@@ -28,6 +28,7 @@ def test_demo_job_prints_both_tables(tmp_path):
     for row in ("colour histogram", "random init", "ImageNet zero-shot", "fine-tuned", "cleaned list", "ensemble"):
         assert row in table
     # then stage 04's ablation tables for both tracks, every step of submissions/full.yaml
-    for row in ("| method | GAP Public", "+ spatial verification", "+ distractor suppression", "| method | mAP@100 Public",
+    for row in ("| method | GAP Public", "+ spatial verification", "+ distractor suppression",
+                "| method | mAP@100 Public",
                 "+ local-feature re-ranking", "+ appended positives"):
         assert row in table

@@ -144,3 +144,51 @@ def test_aspect_member_end_to_end(tiny_competition, tmp_path):
     run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
     feats = np.load(tmp_path / "w" / "features" / "z" / "train.npy").astype(np.float32)
     assert np.allclose(np.linalg.norm(feats, axis=1), 1, atol=2e-3)
+
+
+def _odd_images(root):
+    """One split of awkward files: plain RGB / grayscale JPEGs, CMYK, EXIF-rotated, PNG behind .jpg, truncated."""
+    import io
+
+    from PIL import Image
+
+    from landmark_kit.data import image_path
+
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.integers(0, 255, (6, 8, 3)), np.ones((16, 16, 1))).astype(np.uint8)  # 96 x 128 blocks
+    rgb = Image.fromarray(base)
+
+    def jpeg(img, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=95, **kw)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    png = io.BytesIO()
+    rgb.save(png, "PNG")
+    files = {"a" * 16: jpeg(rgb), "b" * 16: jpeg(rgb.convert("L")), "c" * 16: jpeg(rgb.convert("CMYK")),
+             "d" * 16: jpeg(rgb, exif=exif.tobytes()), "e" * 16: png.getvalue(), "f" * 16: jpeg(rgb)[:400],
+             "0" * 16: b"not an image"}
+    for image_id, data in files.items():
+        path = image_path(root, "test", image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
+def test_device_decoding_matches_worker_decoding_and_reports_the_same_failures(tmp_path):
+    from landmark_kit.extract import _gpu_decodable, describe_split
+
+    files = _odd_images(tmp_path)
+    assert [_gpu_decodable(d) for d in files.values()] == [True, True, False, False, False, False, False]
+    torch.manual_seed(0)
+    model = GlobalDescriptor(create_backbone("test_efficientnet")).eval()
+    ids = list(files)
+    for aspect in (False, True):
+        cpu, cpu_bad = describe_split(model, tmp_path, "test", ids, 64, 4, 0, "cpu", aspect=aspect, decode="cpu")
+        dev, dev_bad = describe_split(model, tmp_path, "test", ids, 64, 4, 0, "cpu", aspect=aspect, decode="device")
+        assert sorted(f.image_id for f in dev_bad) == sorted(f.image_id for f in cpu_bad) == ["0" * 16, "f" * 16]
+        good = np.abs(cpu).sum(1) > 0
+        assert good.sum() == 5 and np.array_equal(good, np.abs(dev).sum(1) > 0)
+        assert (cpu[good] * dev[good]).sum(1).min() > 0.99  # same filters; decoders differ in rounding
