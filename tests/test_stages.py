@@ -35,6 +35,13 @@ def trained(tiny_competition, tmp_path_factory):
     return workdir
 
 
+def tiny_recipe(tmp_path: Path, trained: Path, more_members: str = "") -> Path:
+    """An ensemble recipe with the trained tiny model as member ``tiny`` (plus ``more_members`` YAML), no workers."""
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
+                      f"{more_members}workers: 0\n")
+    return recipe
+
 def test_train_writes_checkpoint_config_and_log(trained):
     model, cfg = load_trained(trained / "model.pt")
     assert cfg.model == "test_efficientnet" and cfg.dim == 32 and cfg.weights is None
@@ -69,9 +76,7 @@ def test_train_resumes_from_last_checkpoint(tiny_competition, tmp_path):
 
 
 def test_ensemble_predict_score_end_to_end(trained, tiny_competition, tmp_path):
-    recipe = tmp_path / "e.yaml"
-    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
-                      "workers: 0\n")
+    recipe = tiny_recipe(tmp_path, trained)
     work = tmp_path / "run"
     run = stage("04_predict.py", "--data-root", tiny_competition, "--workdir", work, "--ensemble", recipe,
                 "--out-root", tmp_path / "subs")
@@ -86,9 +91,7 @@ def test_ensemble_predict_score_end_to_end(trained, tiny_competition, tmp_path):
 
 
 def test_rerun_skips_finished_extraction(trained, tiny_competition, tmp_path):
-    recipe = tmp_path / "e.yaml"
-    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
-                      "workers: 0\n")
+    recipe = tiny_recipe(tmp_path, trained)
     cfg = load_ensemble(recipe)
     run_ensemble(cfg, tiny_competition, tmp_path / "w")
     feats = tmp_path / "w" / "features" / "tiny" / "train.npy"
@@ -146,9 +149,7 @@ def test_warmup_cosine_schedule():
 
 
 def test_predict_recipe_soft_vote_through_the_cli(trained, tiny_competition, tmp_path):
-    recipe = tmp_path / "e.yaml"
-    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
-                      "workers: 0\n")
+    recipe = tiny_recipe(tmp_path, trained)
     base = ["--data-root", tiny_competition, "--workdir", tmp_path / "w", "--ensemble", recipe,
             "--out-root", tmp_path / "subs"]
     top1 = stage("04_predict.py", *base, "--name", "top1").stdout.strip().splitlines()[-2]
@@ -162,9 +163,7 @@ def test_predict_recipe_soft_vote_through_the_cli(trained, tiny_competition, tmp
 
 
 def test_predict_with_verified_shortlist(trained, tiny_competition, tmp_path):
-    recipe = tmp_path / "e.yaml"
-    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
-                      "workers: 0\n")
+    recipe = tiny_recipe(tmp_path, trained)
     post = tmp_path / "p.yaml"
     post.write_text("k: 1\nverify_shortlist: 5\ninlier_floor: 5\nlocal: {max_keypoints: 300, workers: 0}\n"
                     "verify: {workers: 1}\n")
@@ -179,9 +178,7 @@ def test_predict_with_verified_shortlist(trained, tiny_competition, tmp_path):
 def test_predict_with_rerank_keeps_retrieved_sets_valid(trained, tiny_competition, tmp_path):
     from landmark_kit.predict import PredictConfig, predict
 
-    recipe = tmp_path / "e.yaml"
-    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
-                      "workers: 0\n")
+    recipe = tiny_recipe(tmp_path, trained)
     run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
     _, plain = predict(tiny_competition, tmp_path / "w", tmp_path / "a")
     _, reranked = predict(tiny_competition, tmp_path / "w", tmp_path / "b", cfg=PredictConfig(k=3, rerank=True))
@@ -195,9 +192,7 @@ def test_predict_with_rerank_keeps_retrieved_sets_valid(trained, tiny_competitio
 def test_predict_ablate_scores_every_step_and_writes_the_last(trained, tiny_competition, tmp_path):
     from landmark_kit.scoring import score_files
 
-    recipe = tmp_path / "e.yaml"
-    recipe.write_text(f"members:\n  - name: tiny\n    checkpoint: {trained / 'model.pt'}\n    image_size: 64\n"
-                      "  - name: random\n    backbone: tf_efficientnet_lite0\n    image_size: 64\nworkers: 0\n")
+    recipe = tiny_recipe(tmp_path, trained, "  - name: random\n    backbone: tf_efficientnet_lite0\n    image_size: 64\n")
     post = tmp_path / "all.yaml"
     post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nnonlandmark_pool: index\nsuppress_over: 1\n"
                     "dba_k: 1\nqe_k: 1\nlocal_rerank: 5\nsoft_rerank: true\nrerank: true\n"
