@@ -29,7 +29,7 @@ import torch
 
 from .artifacts import atomic_path, write_text
 from .data import atomic_write_csv, read_train_csv, scan_split
-from .extract import describe_split
+from .extract import describe_split_members
 from .models import Describer, GlobalDescriptor, create_backbone
 from .recipes import RecipeError, load_recipe, save_recipe, to_dict
 from .search import knn
@@ -147,14 +147,8 @@ def _is_done(folder: Path, split: str, ids: list[str]) -> bool:
     return (folder / f"{split}.ids").read_text().split() == ids
 
 
-def extract_member(
-    member: MemberConfig, cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None,
-    ids_by_split: dict[str, list[str]] | None = None,
-) -> Path:
-    """Extract one member's descriptors for ``splits`` into ``features/<name>/`` (skipping finished splits).
-
-    ``ids_by_split``: the splits' ids when the caller has them already (a folder scan of millions of files
-    is not free); read from the data root otherwise."""
+def _member_folder(member: MemberConfig, workdir) -> Path:
+    """``features/<name>/`` with the member's identity written; descriptors of another identity are removed."""
     folder = Path(workdir) / "features" / member.name
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "member.json"
@@ -163,27 +157,55 @@ def extract_member(
         for stale in folder.glob("*.npy"):  # unknown or changed member: old descriptors are not reusable
             stale.unlink()
     write_text(meta, json.dumps(identity, indent=2))
-    model, device = None, resolve_device(cfg.device)
+    return folder
+
+
+def extract_members(
+    members: list[MemberConfig], cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None,
+    ids_by_split: dict[str, list[str]] | None = None,
+) -> list[Path]:
+    """Extract the members' descriptors for ``splits`` into ``features/<name>/`` (skipping finished splits).
+
+    Members that share an input side (``image_size`` x largest scale) and ``aspect`` are extracted in one pass
+    over the images, each image decoded once for all of them (same descriptors as one at a time).
+    ``ids_by_split``: the splits' ids when the caller has them already (a folder scan of millions of files
+    is not free); read from the data root otherwise."""
+    folders = [_member_folder(m, workdir) for m in members]
+    device, models = resolve_device(cfg.device), {}
     for split in splits:
         ids = ids_by_split[split] if ids_by_split else split_ids(data_root, split, train_csv)
-        if _is_done(folder, split, ids):
-            log.info("%s/%s already extracted", member.name, split)
-            continue
         name, mine = split, ids
         if cfg.world_size > 1:  # this rank's slice goes to its own part file, merged once all parts exist
             name, mine = f"{split}.part{cfg.rank:03d}of{cfg.world_size:03d}", ids[cfg.rank:: cfg.world_size]
-        if not _is_done(folder, name, mine):
-            if model is None:
-                model = build_member(member, device)
-            feats, failures = describe_split(model, data_root, split, mine, member.image_size, cfg.batch_size,
-                                             cfg.workers, str(device), member.scales, member.flip, cfg.amp,
-                                             member.aspect, cfg.decode)
-            atomic_write_csv(pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"]),
-                             folder / f"{name}.failed.csv")
-            save_features(folder, name, feats, mine, cfg.store_dtype)
+        done = {m.name for m, f in zip(members, folders) if _is_done(f, split, ids)}
+        if done:
+            log.info("%s already extracted for %s", split, sorted(done))
+        todo = [(m, f) for m, f in zip(members, folders) if m.name not in done]
+        groups: dict[tuple[int, bool], list[tuple[MemberConfig, Path]]] = {}
+        for m, f in todo:
+            if not _is_done(f, name, mine):
+                groups.setdefault((round(m.image_size * max(m.scales)), m.aspect), []).append((m, f))
+        for (_, aspect), group in groups.items():
+            for m, _ in group:
+                if m.name not in models:
+                    models[m.name] = build_member(m, device)
+            feats, failures = describe_split_members(
+                [(models[m.name], m.image_size, tuple(m.scales), m.flip) for m, _ in group], data_root, split, mine,
+                cfg.batch_size, cfg.workers, str(device), cfg.amp, aspect, cfg.decode)
+            failed = pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"])
+            for (m, folder), member_feats in zip(group, feats):
+                atomic_write_csv(failed, folder / f"{name}.failed.csv")
+                save_features(folder, name, member_feats, mine, cfg.store_dtype)
         if cfg.world_size > 1:
-            merge_parts(folder, split, ids, cfg.world_size)
-    return folder
+            for _, folder in todo:
+                merge_parts(folder, split, ids, cfg.world_size)
+    return folders
+
+
+def extract_member(member: MemberConfig, cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None,
+                   ids_by_split: dict[str, list[str]] | None = None) -> Path:
+    """:func:`extract_members` for one member; returns its features folder."""
+    return extract_members([member], cfg, data_root, workdir, splits, train_csv, ids_by_split)[0]
 
 
 def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bool:
@@ -280,8 +302,7 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dic
     workdir.mkdir(parents=True, exist_ok=True)
     save_recipe(cfg, workdir / "ensemble.yaml")
     ids = {split: split_ids(data_root, split, train_csv) for split in SPLITS}  # once for every member
-    for member in cfg.members:
-        extract_member(member, cfg, data_root, workdir, train_csv=train_csv, ids_by_split=ids)
+    extract_members(cfg.members, cfg, data_root, workdir, train_csv=train_csv, ids_by_split=ids)
     if not all(_is_done(workdir / "features" / m.name, split, ids[split]) for m in cfg.members for split in SPLITS):
         log.info("rank %d of %d done; the last rank to finish concatenates and searches", cfg.rank, cfg.world_size)
         return {}

@@ -257,6 +257,69 @@ class MultiScale(torch.nn.Module):
         return torch.nn.functional.normalize(total, dim=1)
 
 
+class Stacked(torch.nn.Module):
+    """Several :class:`MultiScale` members on one input batch, their descriptors side by side: one decode
+    pass feeds every member. ``dims`` holds each member's width after the first batch."""
+
+    def __init__(self, members: list[MultiScale]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.dims: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [member(x) for member in self.members]
+        self.dims = [o.shape[1] for o in outs]
+        return torch.cat(outs, dim=1)
+
+
+def describe_split_members(
+    members: list[tuple[torch.nn.Module, int, tuple[float, ...], bool]],
+    root,
+    split: str,
+    ids: list[str],
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str = "cpu",
+    amp: bool = True,
+    aspect: bool = False,
+    decode: str = "auto",
+) -> tuple[list[np.ndarray], list[Failure]]:
+    """:func:`describe_split` for several members ``(model, size, scales, flip)`` sharing one input side
+    (``round(size x max(scales))``) and one ``aspect`` setting: each image is read and decoded once for all of
+    them, and each member's descriptors are exactly what it gets alone."""
+    from .data import image_path, upright_size
+    from .models import input_normalisation
+
+    if decode not in ("auto", "cpu", "device"):
+        raise ValueError(f"decode must be auto, cpu or device, found {decode!r}")
+    ttas = []
+    for model, size, scales, flip in members:
+        inner = model.backbone if hasattr(model, "backbone") else model
+        ttas.append(MultiScale(model.eval(), size, scales, flip, *input_normalisation(inner)).to(device))
+    sides = {tta.input_size() for tta in ttas}
+    if len(sides) != 1:
+        raise ValueError(f"members decoded together need one input side, found {sorted(sides)}")
+    side, batches = sides.pop(), None
+    on_device = decode == "device" or (decode == "auto" and torch.device(device).type == "cuda" and workers < 8)
+    if aspect:
+        sizes = [upright_size(image_path(root, split, i)) or (1, 1) for i in ids]  # unreadable: fails at decode
+        buckets = [aspect_bucket(w, h) for w, h in sizes]
+        shapes = [bucket_shape(b, side) for b in buckets]
+        batches = bucket_batches(buckets, batch_size)
+    else:
+        shapes = [(side, side)] * len(ids)
+    if aspect:  # bicubic like ShapedDataset's PIL resize; the square path's torchvision Resize is bilinear
+        dataset = ShapedDataset(ImageDataset(root, split, ids, max_side=max(max(s) for s in shapes)), shapes)
+    else:
+        dataset = ImageDataset(root, split, ids, square_transform(side), max_side=side)
+    decoder = GpuDecoder(list(ids), shapes, device, "bicubic" if aspect else "bilinear") if on_device else None
+    stacked = Stacked(ttas)
+    feats, failures = extract_descriptors(EncodedDataset(dataset) if on_device else dataset, stacked, batch_size,
+                                          workers, device, desc=f"extract {split}", amp=amp, batches=batches,
+                                          decoder=decoder)
+    return np.split(feats, np.cumsum(stacked.dims)[:-1], axis=1), failures
+
+
 def describe_split(
     model: torch.nn.Module,
     root,
@@ -279,26 +342,6 @@ def describe_split(
     files; plain JPEGs are decoded on the model's device, nvjpeg on CUDA) or ``auto``: device on CUDA with
     fewer than 8 workers, where nvjpeg's ~2100 img/s (H100 box, 320-448 px photos) beats the workers' ~185
     img/s each; cpu otherwise (15 workers decoded 3390 img/s there)."""
-    from .data import image_path, upright_size
-    from .models import input_normalisation
-
-    if decode not in ("auto", "cpu", "device"):
-        raise ValueError(f"decode must be auto, cpu or device, found {decode!r}")
-    on_device = decode == "device" or (decode == "auto" and torch.device(device).type == "cuda" and workers < 8)
-    inner = model.backbone if hasattr(model, "backbone") else model
-    tta = MultiScale(model.eval(), size, scales, flip, *input_normalisation(inner)).to(device)
-    side, batches = tta.input_size(), None
-    if aspect:
-        sizes = [upright_size(image_path(root, split, i)) or (1, 1) for i in ids]  # unreadable: fails at decode
-        buckets = [aspect_bucket(w, h) for w, h in sizes]
-        shapes = [bucket_shape(b, side) for b in buckets]
-        batches = bucket_batches(buckets, batch_size)
-    else:
-        shapes = [(side, side)] * len(ids)
-    if aspect:  # bicubic like ShapedDataset's PIL resize; the square path's torchvision Resize is bilinear
-        dataset = ShapedDataset(ImageDataset(root, split, ids, max_side=max(max(s) for s in shapes)), shapes)
-    else:
-        dataset = ImageDataset(root, split, ids, square_transform(side), max_side=side)
-    decoder = GpuDecoder(list(ids), shapes, device, "bicubic" if aspect else "bilinear") if on_device else None
-    return extract_descriptors(EncodedDataset(dataset) if on_device else dataset, tta, batch_size, workers, device,
-                               desc=f"extract {split}", amp=amp, batches=batches, decoder=decoder)
+    feats, failures = describe_split_members([(model, size, tuple(scales), flip)], root, split, ids, batch_size,
+                                             workers, device, amp, aspect, decode)
+    return feats[0], failures

@@ -192,3 +192,28 @@ def test_device_decoding_matches_worker_decoding_and_reports_the_same_failures(t
         good = np.abs(cpu).sum(1) > 0
         assert good.sum() == 5 and np.array_equal(good, np.abs(dev).sum(1) > 0)
         assert (cpu[good] * dev[good]).sum(1).min() > 0.99  # same filters; decoders differ in rounding
+
+
+def test_members_sharing_an_input_side_are_decoded_once_with_the_same_descriptors(tiny_competition, tmp_path,
+                                                                                    monkeypatch):
+    import landmark_kit.ensemble as ensemble
+
+    members = ("  - {name: a, backbone: test_efficientnet, image_size: 48, scales: [0.75, 1.0], seed: 1}\n"
+               "  - {name: b, backbone: test_efficientnet, image_size: 48, flip: true, seed: 2}\n"
+               "  - {name: c, backbone: test_efficientnet, image_size: 40, seed: 3}\n")
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n{members}workers: 0\n")
+    calls = []
+    real = ensemble.describe_split_members
+    monkeypatch.setattr(ensemble, "describe_split_members",
+                        lambda group, *a, **k: calls.append(len(group)) or real(group, *a, **k))
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "together")
+    assert calls == [2, 1] * 3  # a and b share 48 px: one pass per split; c (40 px) its own
+    for name in "abc":  # each member alone gives the same rows
+        alone = tmp_path / f"alone-{name}.yaml"
+        alone.write_text("members:\n" + next(line for line in members.splitlines(keepends=True)
+                                              if f"name: {name}," in line) + "workers: 0\n")
+        run_ensemble(load_ensemble(alone), tiny_competition, tmp_path / f"alone-{name}")
+        for split in ("train", "test", "index"):
+            got = np.load(tmp_path / "together" / "features" / name / f"{split}.npy")
+            assert np.array_equal(got, np.load(tmp_path / f"alone-{name}" / "features" / name / f"{split}.npy"))
