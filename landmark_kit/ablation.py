@@ -50,8 +50,9 @@ def _member_rows(run: RunData, k_index: int) -> list[tuple[str, tuple, np.ndarra
 class _Table:
     """Rows of one track: writes each row's submission, scores it, keeps the metric per Usage part."""
 
-    def __init__(self, track: str, solution_path, out_dir: Path, run: RunData) -> None:
+    def __init__(self, track: str, solution_path, out_dir: Path, run: RunData, k: int = 100) -> None:
         self.track, self.solution, self.out, self.run = track, read_solution(solution_path), out_dir / track, run
+        self.k = k  # retrieval list length, as the submission writes it
         self.rows: list[dict] = []
 
     def evaluate(self, name: str, prediction, path: Path, seconds: float | None = None) -> dict:
@@ -60,7 +61,7 @@ class _Table:
             write_recognition(path, self.run.test_ids, *prediction)
             scores = score_recognition(self.solution, path)
         else:
-            write_retrieval(path, self.run.test_ids, neighbour_lists(prediction, self.run.index_ids, 100))
+            write_retrieval(path, self.run.test_ids, neighbour_lists(prediction, self.run.index_ids, self.k))
             scores = score_retrieval(self.solution, path)
         metric = TRACKS[self.track]
         row = {"method": name, **{part: round(scores[part][metric], 4) for part in ("Public", "Private", "All")
@@ -104,7 +105,7 @@ def ablate(data_root, workdir, cfg: PredictConfig, recognition_solution, retriev
     out_dir = Path(out_dir)
     run = load_run(data_root, workdir, train_csv)
     rec = _Table("recognition", recognition_solution, out_dir, run)
-    ret = _Table("retrieval", retrieval_solution, out_dir, run)
+    ret = _Table("retrieval", retrieval_solution, out_dir, run, cfg.retrieval_k)
     members = _member_rows(run, cfg.retrieval_k)
     rec.add_best_member([(name, labels_scores) for name, labels_scores, _ in members])
     ret.add_best_member([(name, rows) for name, _, rows in members])

@@ -85,6 +85,8 @@ def load_ensemble(path: str | os.PathLike | None, overrides: dict | None = None)
     names = [m.name for m in cfg.members]
     if len(set(names)) != len(names) or "ensemble" in names:
         raise RecipeError(f"{path}: member names must be unique and not 'ensemble', found {names}")
+    if cfg.decode not in ("auto", "cpu", "device"):
+        raise RecipeError(f"{path}: decode must be auto, cpu or device, found {cfg.decode!r}")
     for m in cfg.members:
         if (m.checkpoint is None) == (m.backbone is None):
             raise RecipeError(f"{path}: member {m.name} needs exactly one of checkpoint or backbone")

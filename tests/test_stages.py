@@ -125,6 +125,9 @@ def test_ensemble_recipe_errors(tmp_path):
     recipe.write_text("members: []\n")
     with pytest.raises(RecipeError, match="at least one member"):
         load_ensemble(recipe)
+    recipe.write_text("members:\n  - {name: a, backbone: x}\ndecode: gpu\n")
+    with pytest.raises(RecipeError, match="decode must be auto, cpu or device"):
+        load_ensemble(recipe)
 
 
 def test_ensemble_cli_with_flag_overrides(trained, tiny_competition, tmp_path):
