@@ -129,6 +129,9 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
                                        inliers, cfg.k, cfg.inlier_cap, cfg.inlier_floor)
         yield f"+ spatial verification ({cfg.local.backend}, shortlist {cfg.verify_shortlist})", labels, scores
     if cfg.nonlandmark_pool:
+        if cfg.nonlandmark_pool not in ("index", "test", "train"):
+            raise DataError(f"nonlandmark_pool must name a split of the run (index, test, train), found "
+                            f"{cfg.nonlandmark_pool!r}")
         pool = load_features(run.features, cfg.nonlandmark_pool)[0]
         queries = load_features(run.features, "test")[0]
         similarities, _ = knn(queries, pool, min(cfg.nonlandmark_k, len(pool)))
