@@ -29,7 +29,7 @@ import torch
 
 from .artifacts import atomic_path, write_text
 from .data import atomic_write_csv, read_train_csv, scan_split
-from .extract import describe_split_members
+from .extract import DECODE_MODES, describe_split_members
 from .models import Describer, GlobalDescriptor, create_backbone
 from .recipes import RecipeError, load_recipe, save_recipe, to_dict
 from .search import knn
@@ -85,8 +85,8 @@ def load_ensemble(path: str | os.PathLike | None, overrides: dict | None = None)
     names = [m.name for m in cfg.members]
     if len(set(names)) != len(names) or "ensemble" in names:
         raise RecipeError(f"{path}: member names must be unique and not 'ensemble', found {names}")
-    if cfg.decode not in ("auto", "cpu", "device"):
-        raise RecipeError(f"{path}: decode must be auto, cpu or device, found {cfg.decode!r}")
+    if cfg.decode not in DECODE_MODES:
+        raise RecipeError(f"{path}: decode must be one of {', '.join(DECODE_MODES)}, found {cfg.decode!r}")
     for m in cfg.members:
         if (m.checkpoint is None) == (m.backbone is None):
             raise RecipeError(f"{path}: member {m.name} needs exactly one of checkpoint or backbone")

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .data import Failure, ImageDataset, collate_skip_bad
 
 log = logging.getLogger(__name__)
+DECODE_MODES = ("auto", "cpu", "device")  # where JPEGs are decoded: see describe_split
 
 
 def extract_descriptors(
@@ -290,8 +291,8 @@ def describe_split_members(
     from .data import image_path, upright_size
     from .models import input_normalisation
 
-    if decode not in ("auto", "cpu", "device"):
-        raise ValueError(f"decode must be auto, cpu or device, found {decode!r}")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, found {decode!r}")
     ttas = []
     for model, size, scales, flip in members:
         inner = model.backbone if hasattr(model, "backbone") else model

@@ -126,7 +126,7 @@ def test_ensemble_recipe_errors(tmp_path):
     with pytest.raises(RecipeError, match="at least one member"):
         load_ensemble(recipe)
     recipe.write_text("members:\n  - {name: a, backbone: x}\ndecode: gpu\n")
-    with pytest.raises(RecipeError, match="decode must be auto, cpu or device"):
+    with pytest.raises(RecipeError, match="decode must be one of auto, cpu, device"):
         load_ensemble(recipe)
 
 
