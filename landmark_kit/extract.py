@@ -302,16 +302,14 @@ def describe_split_members(
         raise ValueError(f"members decoded together need one input side, found {sorted(sides)}")
     side, batches = sides.pop(), None
     on_device = decode == "device" or (decode == "auto" and torch.device(device).type == "cuda" and workers < 8)
-    if aspect:
+    if aspect:  # bicubic like ShapedDataset's PIL resize; the square path's torchvision Resize is bilinear
         sizes = [upright_size(image_path(root, split, i)) or (1, 1) for i in ids]  # unreadable: fails at decode
         buckets = [aspect_bucket(w, h) for w, h in sizes]
         shapes = [bucket_shape(b, side) for b in buckets]
         batches = bucket_batches(buckets, batch_size)
-    else:
-        shapes = [(side, side)] * len(ids)
-    if aspect:  # bicubic like ShapedDataset's PIL resize; the square path's torchvision Resize is bilinear
         dataset = ShapedDataset(ImageDataset(root, split, ids, max_side=max(max(s) for s in shapes)), shapes)
     else:
+        shapes = [(side, side)] * len(ids)
         dataset = ImageDataset(root, split, ids, square_transform(side), max_side=side)
     decoder = GpuDecoder(list(ids), shapes, device, "bicubic" if aspect else "bilinear") if on_device else None
     stacked = Stacked(ttas)

@@ -116,7 +116,10 @@ def neighbours_ready(workdir: str | os.PathLike) -> bool:
 def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """The recognition chain, one ``(step name, labels, scores)`` per step switched on in ``cfg``, each
     building on the previous: kNN top-1, soft-voting, spatial verification of a shortlist, non-landmark
-    penalty, suppression."""
+    penalty, suppression. A bad pool name fails here, before any verification work."""
+    if cfg.nonlandmark_pool and cfg.nonlandmark_pool not in ("index", "test", "train"):
+        raise DataError(f"nonlandmark_pool must name a split of the run (index, test, train), found "
+                        f"{cfg.nonlandmark_pool!r}")
     labels, scores = nearest_neighbour_labels(run.train_scores, run.train_neighbours, run.train_labels)
     yield "kNN top-1", labels, scores
     if cfg.k > 1:
@@ -129,9 +132,6 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
                                        inliers, cfg.k, cfg.inlier_cap, cfg.inlier_floor)
         yield f"+ spatial verification ({cfg.local.backend}, shortlist {cfg.verify_shortlist})", labels, scores
     if cfg.nonlandmark_pool:
-        if cfg.nonlandmark_pool not in ("index", "test", "train"):
-            raise DataError(f"nonlandmark_pool must name a split of the run (index, test, train), found "
-                            f"{cfg.nonlandmark_pool!r}")
         pool = load_features(run.features, cfg.nonlandmark_pool)[0]
         queries = load_features(run.features, "test")[0]
         similarities, _ = knn(queries, pool, min(cfg.nonlandmark_k, len(pool)))
