@@ -1,6 +1,8 @@
 """Ablation of stage 04: every step of both chains scored against solution CSVs, as tables shaped like
 smlyaka 2019's Tables 3 (retrieval, mAP@100) and 4 (recognition, GAP), with Public / Private / All columns
-and each step's queries per second.
+and each step's queries per second. Every row but the first also has its All delta over the row above with a
+95% paired-bootstrap interval over the test queries (``landmark_kit.intervals``): a step whose interval holds
+zero has not shown it helps on this set.
 
 With a multi-member run the tables start at the best single member (plain kNN on its own descriptors), then
 the ensemble, then the post-processing steps of the recipe, each building on the row above. Each row's
@@ -18,6 +20,7 @@ import pandas as pd
 
 from .artifacts import write_text
 from .data import atomic_write_csv
+from .intervals import Bootstrap, format_delta
 from .ensemble import load_ensemble, load_features
 from .predict import PredictConfig, RunData, load_run, recognition_steps, retrieval_steps
 from .recognition import nearest_neighbour_labels
@@ -50,10 +53,12 @@ def _member_rows(run: RunData, k_index: int) -> list[tuple[str, tuple, np.ndarra
 class _Table:
     """Rows of one track: writes each row's submission, scores it, keeps the metric per Usage part."""
 
-    def __init__(self, track: str, solution_path, out_dir: Path, run: RunData, k: int = 100) -> None:
+    def __init__(self, track: str, solution_path, out_dir: Path, run: RunData, boot: Bootstrap, k: int = 100) -> None:
         self.track, self.solution, self.out, self.run = track, read_solution(solution_path), out_dir / track, run
         self.k = k  # retrieval list length, as the submission writes it
+        self.boot = boot
         self.rows: list[dict] = []
+        self.estimates: list = []
 
     def evaluate(self, name: str, prediction, path: Path, seconds: float | None = None) -> dict:
         """Write ``prediction`` (labels, scores) or index rows to ``path`` and score it."""
@@ -67,18 +72,30 @@ class _Table:
         row = {"method": name, **{part: round(scores[part][metric], 4) for part in ("Public", "Private", "All")
                                   if part in scores}}
         row["queries_per_s"] = round(len(self.run.test_ids) / seconds, 1) if seconds else None
+        if self.track == "recognition":
+            row["estimate"] = self.boot.gap(*prediction)
+        else:
+            row["estimate"] = self.boot.map_at_100(prediction, self.run.index_ids, self.k)
         return row
 
+    def _append(self, row: dict) -> None:
+        estimate = row.pop("estimate")
+        if self.estimates:
+            delta = estimate - self.estimates[-1]
+            row["delta_All"] = format_delta(delta)
+            row["delta_low"], row["delta_high"] = (round(x, 4) for x in delta.interval())
+        self.estimates.append(estimate)
+        self.rows.append(row)
+
     def add(self, name: str, prediction, seconds: float | None = None) -> None:
-        self.rows.append(self.evaluate(name, prediction, self.out / f"{len(self.rows):02d}-{_slug(name)}.csv",
-                                       seconds))
+        self._append(self.evaluate(name, prediction, self.out / f"{len(self.rows):02d}-{_slug(name)}.csv", seconds))
 
     def add_best_member(self, members: list[tuple[str, object]]) -> None:
         """The "single best model" row: every member scored (CSVs under ``members/``), the best kept."""
         rows = [self.evaluate(name, prediction, self.out / "members" / f"{name}.csv") for name, prediction in members]
         if rows:
             best = max(rows, key=lambda r: r["All"])
-            self.rows.append(dict(best, method=f"Single best model ({best['method']})"))
+            self._append(dict(best, method=f"Single best model ({best['method']})"))
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -98,21 +115,23 @@ def _timed(steps):
 
 
 def ablate(data_root, workdir, cfg: PredictConfig, recognition_solution, retrieval_solution, out_dir,
-           train_csv=None, submission_dir=None) -> dict[str, pd.DataFrame]:
+           train_csv=None, submission_dir=None, resamples: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Score every step of both chains of ``cfg`` on a finished stage-03 run; writes ``<track>.csv`` and
     ``<track>.md`` tables into ``out_dir`` and returns them. With ``submission_dir`` the last step of each
     chain is also written there as the submission (what :func:`~landmark_kit.predict.predict` would write)."""
     out_dir = Path(out_dir)
     run = load_run(data_root, workdir, train_csv)
-    rec = _Table("recognition", recognition_solution, out_dir, run)
-    ret = _Table("retrieval", retrieval_solution, out_dir, run, cfg.retrieval_k)
+    boot = Bootstrap(read_solution(recognition_solution), read_solution(retrieval_solution), run.test_ids,
+                     resamples, seed)
+    rec = _Table("recognition", recognition_solution, out_dir, run, boot)
+    ret = _Table("retrieval", retrieval_solution, out_dir, run, boot, cfg.retrieval_k)
     members = _member_rows(run, cfg.retrieval_k)
     rec.add_best_member([(name, labels_scores) for name, labels_scores, _ in members])
     ret.add_best_member([(name, rows) for name, _, rows in members])
-    labels = None
+    labels = scores = None
     for seconds, (name, labels, scores) in _timed(recognition_steps(cfg, run, data_root)):
         rec.add(_ensemble_name(name, members), (labels, scores), seconds)
-    for seconds, (name, rows) in _timed(retrieval_steps(cfg, run, data_root, labels)):
+    for seconds, (name, rows) in _timed(retrieval_steps(cfg, run, data_root, labels, scores)):
         ret.add(_ensemble_name(name, members), rows, seconds)
     if submission_dir is not None:
         write_submissions(submission_dir, run.test_ids, labels, scores,
@@ -133,13 +152,15 @@ def _ensemble_name(step: str, members: list) -> str:
 
 
 def format_markdown(frame: pd.DataFrame, track: str) -> str:
-    """A markdown table: method, the track's metric per Usage part, queries/s of the step alone (blank for
-    rows read from stage 03's search)."""
+    """A markdown table: method, the track's metric per Usage part, the All delta over the row above with its
+    95% bootstrap interval, queries/s of the step alone (blank for rows read from stage 03's search)."""
     parts = [c for c in ("Public", "Private", "All") if c in frame]
-    lines = [f"| method | {' | '.join(f'{TRACKS[track]} {p}' for p in parts)} | queries/s |",
-             "|" + "---|" * (len(parts) + 2)]
+    lines = [f"| method | {' | '.join(f'{TRACKS[track]} {p}' for p in parts)} | delta All [95% CI] | queries/s |",
+             "|" + "---|" * (len(parts) + 3)]
     for row in frame.to_dict("records"):
         qps = row["queries_per_s"]
         qps = "" if pd.isna(qps) else f"{qps:,.0f}" if qps >= 100 else f"{qps:.1f}"
-        lines.append(f"| {row['method']} | {' | '.join(f'{row[p]:.4f}' for p in parts)} | {qps} |")
+        delta = row.get("delta_All")
+        delta = "" if not isinstance(delta, str) else delta
+        lines.append(f"| {row['method']} | {' | '.join(f'{row[p]:.4f}' for p in parts)} | {delta} | {qps} |")
     return "\n".join(lines) + "\n"

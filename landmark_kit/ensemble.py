@@ -228,7 +228,7 @@ def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bo
     return True
 
 
-def _joined(members: list[MemberConfig], workdir, split: str) -> tuple[np.ndarray, list[str]]:
+def joined_features(members: list[MemberConfig], workdir, split: str) -> tuple[np.ndarray, list[str]]:
     """Weighted concatenation of the members' descriptors of one split, L2-normalised."""
     parts, ids = [], None
     for m in members:
@@ -266,11 +266,11 @@ def concatenate(members: list[MemberConfig], workdir, splits=SPLITS, dtype: str 
     out.mkdir(parents=True, exist_ok=True)
     whitening = None
     if whiten_split is not None:
-        whitening = fit_whitening(_joined(members, workdir, whiten_split)[0], whiten_dim)
+        whitening = fit_whitening(joined_features(members, workdir, whiten_split)[0], whiten_dim)
         with atomic_path(out / "whitening.npz") as tmp:
             np.savez(tmp, **whitening)
     for split in splits:
-        joined, ids = _joined(members, workdir, split)
+        joined, ids = joined_features(members, workdir, split)
         if whitening is not None:
             joined = apply_whitening(joined, whitening)
         save_features(out, split, joined, ids, dtype)

@@ -5,7 +5,11 @@ README: per landmark the first half of its photos (sorted by name, at least one)
 queries; distractors alternate test / index; the index holds the train photos plus the index distractors;
 ids are the first 16 hex chars of sha1(file name); Public / Private alternate by sorted id.
 
-    python -m landmark_kit.realdev --src ../shared/realdev --out data/realdev
+``--half second`` builds the complementary split from the same photos: per landmark the photos that were test
+queries become the labelled train / index photos and the first-half photos become the queries; distractors
+swap test and index. Tuning on one split and scoring on the other measures what transfers.
+
+    python -m landmark_kit.realdev --src ../shared/realdev --out data/realdev [--half second]
 """
 
 from __future__ import annotations
@@ -33,8 +37,15 @@ def photo_id(file_name: str) -> str:
     return hashlib.sha1(file_name.encode()).hexdigest()[:16]
 
 
-def plan_split(names: list[str]) -> pd.DataFrame:
-    """One row per (photo, split): file, id, landmark name ('' for distractors), split."""
+HALVES = ("first", "second")
+
+
+def plan_split(names: list[str], half: str = "first") -> pd.DataFrame:
+    """One row per (photo, split): file, id, landmark name ('' for distractors), split; ``half`` picks the
+    README's split or its complement."""
+    if half not in HALVES:
+        raise ValueError(f"half must be one of {HALVES}, found {half!r}")
+    swap = half == "second"
     groups: dict[str, list[str]] = defaultdict(list)
     for name in sorted(names):
         if "__" not in name:
@@ -44,11 +55,11 @@ def plan_split(names: list[str]) -> pd.DataFrame:
     for label, files in sorted(groups.items()):
         if label == DISTRACTOR:
             for i, f in enumerate(files):
-                rows.append((f, photo_id(f), "", "test" if i % 2 == 0 else "index"))
+                rows.append((f, photo_id(f), "", "test" if (i % 2 == 0) != swap else "index"))
             continue
         n_train = max(1, len(files) // 2)
         for i, f in enumerate(files):
-            if i < n_train:
+            if (i < n_train) != swap:
                 rows += [(f, photo_id(f), label, "train"), (f, photo_id(f), label, "index")]
             else:
                 rows.append((f, photo_id(f), label, "test"))
@@ -67,13 +78,13 @@ def _write_jpeg(src: Path, dst: Path) -> None:
     write_bytes(dst, out)
 
 
-def build(src: str | os.PathLike, out: str | os.PathLike) -> dict:
-    """Write the competition folder; returns counts."""
+def build(src: str | os.PathLike, out: str | os.PathLike, half: str = "first") -> dict:
+    """Write the competition folder (``half``: the README's split or its complement); returns counts."""
     src, out = Path(src), Path(out)
     names = [p.name for p in src.iterdir() if p.suffix.lower() in EXTENSIONS]
     if not names:
         raise FileNotFoundError(f"no photos in {src}")
-    plan = plan_split(names)
+    plan = plan_split(names, half)
     if plan.groupby("split")["id"].apply(lambda s: s.duplicated().any()).any():
         raise ValueError("two photos share an id (sha1 prefix collision)")
     landmarks = sorted(x for x in plan["landmark"].unique() if x)
@@ -88,7 +99,7 @@ def build(src: str | os.PathLike, out: str | os.PathLike) -> dict:
     usage = ["Public" if i % 2 == 0 else "Private" for i in range(len(test))]
     write_competition_files(out, test, plan[plan.split == "index"], usage)
     summary = {"landmarks": len(landmarks), **plan["split"].value_counts().to_dict()}
-    (out / "realdev.json").write_text(json.dumps({"source": str(src), "labels": label_of, **summary}, indent=2))
+    (out / "realdev.json").write_text(json.dumps({"source": str(src), "half": half, "labels": label_of, **summary}, indent=2))
     return summary
 
 
@@ -96,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", default="../shared/realdev", help="folder of <landmark>__<photo> files")
     ap.add_argument("--out", default="data/realdev", help="Kaggle-layout output folder")
+    ap.add_argument("--half", default="first", choices=HALVES, help="the README's split or its complement")
     args = ap.parse_args(argv)
-    print(json.dumps(build(args.src, args.out)))
+    print(json.dumps(build(args.src, args.out, args.half)))
 
 
 if __name__ == "__main__":

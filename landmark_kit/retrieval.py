@@ -85,16 +85,27 @@ def local_rerank(rows: np.ndarray, scores: np.ndarray, inliers: np.ndarray) -> t
 
 
 def soft_rerank(rows: np.ndarray, scores: np.ndarray, query_labels: np.ndarray, index_labels: np.ndarray,
-                index_confidence: np.ndarray, up: float = 1.0, down: float = 1.0) -> np.ndarray:
+                index_confidence: np.ndarray, up: float = 1.0, down: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Soft up/down re-ranking (GLR2021 winners' variant of discriminative re-ranking): a retrieved image's
     similarity rises by ``up`` x its label confidence when its predicted label is the query's and falls by
     ``down`` x that confidence otherwise; each row is re-sorted by the result (stable). Unlike the hard
     partition, a confident same-label image can still rank behind a much closer one. Queries without a label
-    (-1) keep their row."""
+    (-1) keep their row. Returns the rows and their original similarities in the new order."""
     valid = rows >= 0
     labels = np.where(valid, index_labels[np.maximum(rows, 0)], -2)
     confidence = np.where(valid, index_confidence[np.maximum(rows, 0)], 0.0)
     same = labels == query_labels[:, None]
     adjusted = scores + np.where(same, up, -down) * confidence * (query_labels[:, None] >= 0)
     order = np.argsort(-np.where(valid, adjusted, -np.inf), axis=1, kind="stable")
-    return np.take_along_axis(rows, order, axis=1)
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def partition_rerank(rows: np.ndarray, scores: np.ndarray, query_labels: np.ndarray, index_labels: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The hard partition of discriminative re-ranking on fixed-width rows: index images whose predicted label
+    is the query's move ahead, order kept in both groups (-1 padding stays last). Returns rows and their
+    similarities in the new order, so other re-rankers can follow it."""
+    valid = rows >= 0
+    same = valid & (np.where(valid, index_labels[np.maximum(rows, 0)], -2) == query_labels[:, None])
+    order = np.argsort(np.where(same, 0, np.where(valid, 1, 2)), axis=1, kind="stable")
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)

@@ -63,7 +63,9 @@ def test_soft_rerank_moves_same_label_images_by_confidence_not_past_everything()
     confidence = np.array([0.5, 0.9, 0.05, 0.0])
     rows = np.array([[1, 0, 3, 2], [1, 0, 3, 2], [3, 2, -1, -1]])
     scores = np.array([[0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6], [0.5, 0.4, -3e38, -3e38]])
-    out = soft_rerank(rows, scores, np.array([1, -1, 1]), index_labels, confidence, up=1.0, down=0.5)
+    out, out_scores = soft_rerank(rows, scores, np.array([1, -1, 1]), index_labels, confidence, up=1.0,
+                                  down=0.5)
+    assert np.array_equal(np.sort(out_scores, axis=1), np.sort(scores, axis=1))
     # query 0 (label 1): 1 -> 0.9 - 0.45, 0 -> 0.8 + 0.5, 3 -> 0.7 - 0, 2 -> 0.6 + 0.05: the weakly
     # confident same-label image 2 stays behind the closer 3; query 1 has no label and keeps its row
     assert out.tolist() == [[0, 3, 2, 1], [1, 0, 3, 2], [3, 2, -1, -1]]

@@ -157,7 +157,7 @@ def test_predict_recipe_soft_vote_through_the_cli(trained, tiny_competition, tmp
             "--out-root", tmp_path / "subs"]
     top1 = stage("04_predict.py", *base, "--name", "top1").stdout.strip().splitlines()[-2]
     voted = stage("04_predict.py", *base, "--name", "voted", "--recipe", ROOT / "submissions" / "soft-vote.yaml",
-                  "--suppress-over", "1").stdout.strip().splitlines()[-2]
+                  "--suppress-fraction", "0.001").stdout.strip().splitlines()[-2]
     a = Path(top1).read_text().splitlines()
     b = Path(voted).read_text().splitlines()
     assert len(a) == len(b) and a != b
@@ -197,16 +197,17 @@ def test_predict_ablate_scores_every_step_and_writes_the_last(trained, tiny_comp
 
     recipe = tiny_recipe(tmp_path, trained, "  - name: random\n    backbone: tf_efficientnet_lite0\n    image_size: 64\n")
     post = tmp_path / "all.yaml"
-    post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nnonlandmark_pool: index\nsuppress_over: 1\n"
+    post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nnonlandmark_pool: index\nsuppress_fraction: 0.001\n"
                     "dba_k: 1\nqe_k: 1\nlocal_rerank: 5\nsoft_rerank: true\nrerank: true\n"
                     "local: {max_keypoints: 300, workers: 0}\nverify: {workers: 1}\n")
     out = stage("04_predict.py", "--data-root", tiny_competition, "--workdir", tmp_path / "w", "--ensemble", recipe,
                 "--out-root", tmp_path / "subs", "--recipe", post, "--ablate").stdout.strip().splitlines()
     tables = tmp_path / "w" / "ablation" / "all"
     rec, ret = (pd.read_csv(tables / f"{t}.csv") for t in ("recognition", "retrieval"))
-    assert rec["method"].tolist()[0].startswith("Single best model (") and rec["method"].tolist()[1:] == [
-        "+ Ensemble 2 models (kNN top-1)", "+ soft-voting (k=3)", "+ spatial verification (rootsift, shortlist 5)",
-        "+ non-landmark penalty (index, k=10)", "+ distractor suppression (> 1)"]
+    assert rec["method"].tolist()[0].startswith("Single best model (") and rec["method"].tolist()[1:-1] == [
+        "+ Ensemble 2 models (kNN top-1)", "+ soft-voting (k=3)",
+        "+ spatial verification (rootsift, shortlist 5, sum of 3)", "+ non-landmark penalty (index, k=10)"]
+    assert rec["method"].iloc[-1].startswith("+ distractor suppression (> 0.001 of queries = ")
     assert ret["method"].tolist()[1:] == [
         "+ Ensemble 2 models (kNN)", "+ DBA (k=1), alpha-QE (k=1) (alpha=3)",
         "+ local-feature re-ranking (rootsift, top 5)", "+ soft up/down re-ranking (up 1, down 1)",
