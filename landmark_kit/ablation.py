@@ -21,6 +21,7 @@ import pandas as pd
 from .artifacts import write_text
 from .data import atomic_write_csv
 from .intervals import Bootstrap, format_delta
+from .readme import machine
 from .ensemble import load_ensemble, load_features
 from .predict import PredictConfig, RunData, load_run, recognition_steps, retrieval_steps
 from .recognition import nearest_neighbour_labels
@@ -140,7 +141,9 @@ def ablate(data_root, workdir, cfg: PredictConfig, recognition_solution, retriev
     for table in (rec, ret):
         frame = frames[table.track] = table.frame()
         atomic_write_csv(frame, out_dir / f"{table.track}.csv")
-        write_text(out_dir / f"{table.track}.md", format_markdown(frame, table.track))
+        write_text(out_dir / f"{table.track}.md", format_markdown(frame, table.track)
+                   + f"\n{len(boot.queries)} test queries; deltas over the row above with 95% paired-bootstrap "
+                     f"intervals; measured on {machine()}.\n")
     return frames
 
 

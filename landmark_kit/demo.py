@@ -25,11 +25,14 @@ import pandas as pd
 from .ablation import ablate, format_markdown
 from .baselines import run_histogram_baseline
 from .cleaning import CleanConfig, clean
-from .data import read_train_csv
+from .artifacts import write_text
+from .data import read_train_csv, scan_split
 from .ensemble import load_ensemble, run_ensemble
 from .predict import PredictConfig, predict
+from .readme import machine
 from .recipes import load_recipe
 from .scoring import score_files
+from .submission import read_solution
 from .synthetic import SyntheticConfig, generate
 from .train import TrainConfig, train
 
@@ -59,6 +62,14 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['method']:<38} {r['GAP']:>7.4f} {r['GAP_lm']:>8.4f} {r['top1']:>7.4f}"
                      f" {r['mAP@100']:>8.4f} {r['P@1']:>6.3f}")
     return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The demo's score rows as a markdown table."""
+    lines = ["| method | GAP | GAP (landmarks only) | top-1 | mAP@100 | P@1 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['GAP']:.4f} | {r['GAP_lm']:.4f} | {r['top1']:.4f} | {r['mAP@100']:.4f} | "
+              f"{r['P@1']:.3f} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def same_steps_epochs(epochs: int, batch_size: int, raw_images: int, kept_images: int) -> int:
@@ -92,7 +103,7 @@ def run_demo(workdir: Path, synthetic: SyntheticConfig, train_overrides: dict | 
                       *run_histogram_baseline(data, subs / "histogram-knn"))]
     train_cfg = load_recipe(TrainConfig, REPO / "training" / "synthetic-lite0.yaml", train_overrides)
     runs = [("random-lite0", "random-lite0", "lite0 random init, GeM (no learning)", None),
-            ("imagenet-lite0", "imagenet-lite0", "lite0 ImageNet zero-shot, GeM", None)]
+            ("calibration-lite0", "imagenet-lite0", "lite0 ImageNet zero-shot, GeM", None)]
     start = time.time()
     checkpoint = train(train_cfg, data, workdir / "train" / "synthetic-lite0")
     print(f"trained {checkpoint} ({time.time() - start:.0f} s)")
@@ -134,7 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size), ("seed", args.train_seed))
                  if v is not None}
-    rows, tables = run_demo(Path(args.workdir), SyntheticConfig(landmarks=args.landmarks, seed=args.seed), overrides)
+    workdir = Path(args.workdir)
+    rows, tables = run_demo(workdir, SyntheticConfig(landmarks=args.landmarks, seed=args.seed), overrides)
+    data = workdir / "synthetic"
+    queries = len(read_solution(data / "retrieval_solution.csv").all)
+    write_text(workdir / "demo.md", f"`python -m landmark_kit.demo` on {machine()}: All = Public + Private, "
+                                    f"{len(scan_split(data, 'test'))} test images ({queries} scored retrieval "
+                                    f"queries).\n\n" + markdown_table(rows))
     print()
     print(f"synthetic competition, All (Public + Private); demo took {time.time() - start:.0f} s")
     print(format_table(rows))

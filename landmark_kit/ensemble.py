@@ -52,6 +52,7 @@ class MemberConfig:
     flip: bool = False  # TTA: add the horizontally flipped image's descriptor
     aspect: bool = False  # keep aspect ratios (bucketed batches) instead of square resizes
     weight: float = 1.0  # multiplies the member's descriptor before concatenation
+    whiten: bool = False  # PCA-whiten this member (learned on the ensemble's whiten_split) before concatenation
     seed: int = 0
 
 
@@ -133,7 +134,8 @@ def save_features(folder: str | os.PathLike, split: str, feats: np.ndarray, ids:
 
 def member_identity(member: MemberConfig) -> dict:
     """The member's config plus a digest of its checkpoint: descriptors are reusable only if both match."""
-    identity = {k: v for k, v in to_dict(member).items() if k != "weight"}  # weights apply at concatenation
+    # weight and whitening apply at concatenation: changing them re-uses the descriptors
+    identity = {k: v for k, v in to_dict(member).items() if k not in ("weight", "whiten")}
     if member.checkpoint is not None:
         path = Path(member.checkpoint)
         if not path.is_file():
@@ -228,15 +230,22 @@ def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bo
     return True
 
 
-def joined_features(members: list[MemberConfig], workdir, split: str) -> tuple[np.ndarray, list[str]]:
-    """Weighted concatenation of the members' descriptors of one split, L2-normalised."""
+def joined_features(members: list[MemberConfig], workdir, split: str, whiten_split: str = "index"
+                    ) -> tuple[np.ndarray, list[str]]:
+    """Weighted concatenation of the members' descriptors of one split, L2-normalised; members with
+    ``whiten`` are PCA-whitened first, as learned on their ``whiten_split`` descriptors."""
     parts, ids = [], None
     for m in members:
-        feats, member_ids = load_features(Path(workdir) / "features" / m.name, split)
+        folder = Path(workdir) / "features" / m.name
+        feats, member_ids = load_features(folder, split)
         if ids is not None and member_ids != ids:
             raise RuntimeError(f"member {m.name} has different {split} ids from the others")
         ids = member_ids
-        parts.append(m.weight * np.asarray(feats, dtype=np.float32))
+        feats = np.asarray(feats, dtype=np.float32)
+        if m.whiten:
+            feats = apply_whitening(feats, fit_whitening(np.asarray(load_features(folder, whiten_split)[0],
+                                                                    np.float32)))
+        parts.append(m.weight * feats)
     joined = np.concatenate(parts, axis=1)
     return joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12), ids
 
@@ -259,18 +268,20 @@ def apply_whitening(feats: np.ndarray, whitening: dict[str, np.ndarray]) -> np.n
 
 
 def concatenate(members: list[MemberConfig], workdir, splits=SPLITS, dtype: str = "float32",
-                whiten_split: str | None = None, whiten_dim: int | None = None) -> Path:
+                whiten_split: str | None = None, whiten_dim: int | None = None,
+                member_whiten_split: str = "index") -> Path:
     """Weighted concatenation of member descriptors, re-normalised, into ``features/ensemble/``; with
-    ``whiten_split`` PCA-whitened as learned on that split (saved as ``whitening.npz``)."""
+    ``whiten_split`` PCA-whitened as learned on that split (saved as ``whitening.npz``). Members with their
+    own ``whiten`` are whitened before concatenation (on ``whiten_split``, default index)."""
     out = Path(workdir) / "features" / "ensemble"
     out.mkdir(parents=True, exist_ok=True)
     whitening = None
     if whiten_split is not None:
-        whitening = fit_whitening(joined_features(members, workdir, whiten_split)[0], whiten_dim)
+        whitening = fit_whitening(joined_features(members, workdir, whiten_split, member_whiten_split)[0], whiten_dim)
         with atomic_path(out / "whitening.npz") as tmp:
             np.savez(tmp, **whitening)
     for split in splits:
-        joined, ids = joined_features(members, workdir, split)
+        joined, ids = joined_features(members, workdir, split, member_whiten_split)
         if whitening is not None:
             joined = apply_whitening(joined, whitening)
         save_features(out, split, joined, ids, dtype)
@@ -309,5 +320,5 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dic
         log.info("rank %d of %d done; the last rank to finish concatenates and searches", cfg.rank, cfg.world_size)
         return {}
     concatenate(cfg.members, workdir, dtype=cfg.store_dtype, whiten_split=cfg.whiten_split if cfg.whiten else None,
-                whiten_dim=cfg.whiten_dim)
+                whiten_dim=cfg.whiten_dim, member_whiten_split=cfg.whiten_split)
     return search_neighbours(workdir, cfg.k_train, cfg.k_index, cfg.index, cfg.nprobe)

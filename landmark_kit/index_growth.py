@@ -5,7 +5,7 @@ nested random subsets, and each subset is searched and scored exactly like a sub
 ``index_growth.csv``, ``index_growth.md`` and ``index_growth.png`` into the run directory.
 
     python -m landmark_kit.index_growth --data-root runs/growth/synthetic --workdir runs/growth/zs \\
-        [--ensemble ensembles/imagenet-lite0.yaml --steps 6]
+        [--ensemble ensembles/calibration-lite0.yaml --steps 6]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default="runs/demo/synthetic")
     ap.add_argument("--workdir", default="runs/index-growth")
-    ap.add_argument("--ensemble", default="ensembles/imagenet-lite0.yaml")
+    ap.add_argument("--ensemble", default="ensembles/calibration-lite0.yaml")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import atomic_path
 from .data import DataError, read_train_csv
 from .ensemble import load_features
 from .local import LocalConfig, extract_local
@@ -111,12 +112,18 @@ def load_run(data_root, workdir, train_csv=None) -> RunData:
 def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str], db_ids: list[str],
                       neighbours: np.ndarray, db_split: str = "train", cache: dict | None = None) -> np.ndarray:
     """RANSAC inliers between each test query and its shortlisted ``db_split`` neighbours ``(Q, S)``; local
-    features of both splits cached (resumable) under ``workdir/local``. With ``cache`` (a dict kept by the
-    caller), pairs verified before with the same local and matching settings are not verified again."""
+    features of both splits cached (resumable) under ``workdir/local``, and so are the inlier counts of every
+    pair verified (``local/pairs/``, keyed by the local and matching settings): a pair is verified once per
+    setting, across reruns and tuning candidates. ``cache``: a dict kept by the caller, so those counts are
+    read from disk once."""
     rows, cols = np.nonzero(neighbours >= 0)
     pairs = [(test_ids[q], db_ids[neighbours[q, j]]) for q, j in zip(rows, cols)]
-    key = (db_split, config_digest(cfg.local.cache_key()), config_digest(_matching_key(cfg.verify)))
-    known = cache.setdefault(key, {}) if cache is not None else {}
+    digest = f"{config_digest(cfg.local.cache_key())}-{config_digest(_matching_key(cfg.verify))}"
+    store = Path(workdir) / "local" / "pairs" / f"test-{db_split}-{digest}.npz"
+    cache = {} if cache is None else cache
+    if store not in cache:
+        cache[store] = _read_pairs(store)
+    known = cache[store]
     todo = sorted({p for p in pairs if p not in known})
     if todo:
         needed = sorted({b for _, b in todo})
@@ -124,9 +131,23 @@ def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str
         feats = extract_local(cfg.local, data_root, "test", queries, Path(workdir) / "local").load_all()
         feats.update(extract_local(cfg.local, data_root, db_split, needed, Path(workdir) / "local").load_all())
         known.update(zip(todo, verify_pairs(todo, feats, cfg.verify).tolist()))
+        _write_pairs(store, known)
     inliers = np.zeros(neighbours.shape, np.int64)
     inliers[rows, cols] = [known[p] for p in pairs]
     return inliers
+
+
+def _read_pairs(path: Path) -> dict[tuple[str, str], int]:
+    if not path.is_file():
+        return {}
+    with np.load(path) as z:
+        return dict(zip(zip(z["query"].tolist(), z["database"].tolist()), z["inliers"].tolist()))
+
+
+def _write_pairs(path: Path, pairs: dict[tuple[str, str], int]) -> None:
+    with atomic_path(path) as tmp:
+        np.savez(tmp, query=np.array([a for a, _ in pairs], dtype="U16"),
+                 database=np.array([b for _, b in pairs], dtype="U16"), inliers=np.fromiter(pairs.values(), np.int64))
 
 
 def _matching_key(cfg: VerifyConfig) -> dict:

@@ -5,7 +5,8 @@
 Runs what ``stages/04_predict.py --tune-on V`` runs (tuning tables in ``W/tuning/``), then, on R: plain kNN of
 every member alone (the best one per track is the yardstick, chosen on R itself, so the comparison is
 strict), ``submissions/full.yaml`` (every step on) on the untuned ensemble, and the tuned ensemble + recipe.
-Each row's GAP and mAP@100 on R get 95% paired-bootstrap intervals, and deltas over the best member.
+Each row's GAP and mAP@100 on R get 95% paired-bootstrap intervals, and deltas over the best member and
+over ``full.yaml``.
 Writes ``W/transfer.md`` and ``W/transfer.csv`` and prints the table.
 """
 
@@ -23,6 +24,7 @@ from .data import atomic_write_csv
 from .ensemble import load_ensemble, load_features, run_ensemble
 from .intervals import Bootstrap, Estimate, format_delta
 from .predict import PredictConfig, load_run, recognition_steps, retrieval_steps
+from .readme import machine
 from .recipes import load_recipe
 from .recognition import nearest_neighbour_labels
 from .search import knn
@@ -73,15 +75,19 @@ def transfer(tune_root, apply_root, workdir, ensemble_path, search_path, full_re
     results.append((f"tuned on {Path(tune_root).name}: {kept} + tuned.yaml",
                     *_chain(tuned.recipe, run, apply_root, boot)))
     rows = []
+    _, full_gap, full_map = results[-2]
     for name, gap, mp in results:
         rows.append({"method": name, "GAP": _interval(gap), f"delta GAP vs {best_gap[0]}": format_delta(gap - best_gap[1]),
-                     "mAP@100": _interval(mp), f"delta mAP@100 vs {best_map[0]}": format_delta(mp - best_map[2])})
+                     "delta GAP vs full.yaml": format_delta(gap - full_gap),
+                     "mAP@100": _interval(mp), f"delta mAP@100 vs {best_map[0]}": format_delta(mp - best_map[2]),
+                     "delta mAP@100 vs full.yaml": format_delta(mp - full_map)})
     frame = pd.DataFrame(rows)
     atomic_write_csv(frame, workdir / "transfer.csv")
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in frame.to_dict("records")]
-    write_text(workdir / "transfer.md", f"tuned on {tune_root}, scored on {apply_root} ({len(boot.queries)} "
-                                        f"queries, 95% paired-bootstrap intervals)\n\n" + "\n".join(lines) + "\n")
+    write_text(workdir / "transfer.md", f"Tuned on `{tune_root}`, scored on `{apply_root}` ({len(boot.queries)} "
+                                        f"queries, 95% paired-bootstrap intervals); measured on {machine()}.\n\n"
+                                        + "\n".join(lines) + "\n")
     return frame
 
 

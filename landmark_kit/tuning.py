@@ -31,6 +31,7 @@ from .data import atomic_write_csv
 from .ensemble import EnsembleConfig, joined_features, load_features, run_ensemble
 from .intervals import Bootstrap, Estimate
 from .predict import PredictConfig, RunData, check_config, load_run, recognition_steps, retrieval_steps
+from .readme import machine
 from .recipes import RecipeError, from_dict, load_recipe, save_recipe, to_dict
 from .recognition import nearest_neighbour_labels
 from .search import knn
@@ -59,6 +60,7 @@ class SearchSpace:
     rounds: int = 2  # passes over the options; stops early when a pass changes nothing
     member_weights: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
     weight_rounds: int = 2
+    member_whitening: bool = True  # also try PCA-whitening each kept member (learned on the ensemble's whiten_split)
     resamples: int = 1000  # paired bootstrap over V's queries
     seed: int = 0
     level: float = 0.95
@@ -149,6 +151,11 @@ class Tables:
         return "\n".join(lines) + "\n"
 
 
+def _header(tune_root, space: SearchSpace) -> str:
+    return (f"On `{tune_root}`, {space.resamples} paired-bootstrap resamples (seed {space.seed}), "
+            f"{space.level:.0%} intervals; measured on {machine()}.\n\n")
+
+
 def _accept(deltas: tuple[Estimate, Estimate], judged: int, level: float) -> bool:
     """A change is kept when its gain on the judged track has a lower bound > 0 and the other track's
     interval is not wholly below zero."""
@@ -158,50 +165,59 @@ def _accept(deltas: tuple[Estimate, Estimate], judged: int, level: float) -> boo
 def tune_weights(ensemble: EnsembleConfig, workdir: Path, run: RunData, boot: Bootstrap, space: SearchSpace,
                  table: Tables) -> EnsembleConfig:
     """Member weights chosen on V: the best member alone, then coordinate steps on ``space.member_weights``
-    kept only when the mean of GAP and mAP@100 (plain kNN) wins. Members ending at weight 0 are dropped."""
+    and, with ``space.member_whitening``, per-member PCA-whitening switched on, each kept only when the mean
+    of GAP and mAP@100 (plain kNN) wins. Members ending at weight 0 are dropped."""
     members = ensemble.members
-    memo: dict[tuple[float, ...], tuple[Estimate, Estimate, Estimate]] = {}
-
-    def evaluate(weights: tuple[float, ...]):
-        if weights not in memo:
-            chosen = [replace(m, weight=w) for m, w in zip(members, weights) if w > 0]
-            feats = {split: joined_features(chosen, workdir, split)[0] for split in ("test", "train", "index")}
+    memo: dict[tuple, tuple[Estimate, Estimate, Estimate]] = {}
+    def evaluate(state: tuple):  # state: ((weight, whiten), ...) per member
+        if state not in memo:
+            chosen = [replace(m, weight=w, whiten=wh) for m, (w, wh) in zip(members, state) if w > 0]
+            feats = {split: joined_features(chosen, workdir, split, ensemble.whiten_split)[0]
+                     for split in ("test", "train", "index")}
             scores, rows = knn(feats["test"], feats["train"], 1)
             labels, conf = nearest_neighbour_labels(scores, rows, run.train_labels)
             _, index_rows = knn(feats["test"], feats["index"], min(ensemble.k_index, len(feats["index"])))
             gap, mp = boot.gap(labels, conf), boot.map_at_100(index_rows, run.index_ids)
-            memo[weights] = (gap, mp, (gap + mp).scale(0.5))
-        return memo[weights]
+            memo[state] = (gap, mp, (gap + mp).scale(0.5))
+        return memo[state]
 
-    def name(weights) -> str:
-        return ", ".join(f"{m.name}={w:g}" for m, w in zip(members, weights) if w > 0)
+    def name(state: tuple) -> str:
+        return ", ".join(f"{m.name}={w:g}" + (" whitened" if wh else "") for m, (w, wh) in zip(members, state)
+                         if w > 0)
 
-    alone = [tuple(float(i == j) for j in range(len(members))) for i in range(len(members))]
-    for weights in alone:
-        gap, mp, _ = evaluate(weights)
-        table.add("member alone", name(weights), (gap, mp), judged="mean")
-    current = max(alone, key=lambda w: evaluate(w)[2].value)
+    def step(stage: str, current: tuple, candidates: list[tuple]) -> tuple:
+        """Try ``candidates`` against ``current``; the one with the largest winning mean gain replaces it."""
+        best, best_gain, best_row = current, 0.0, None
+        base = evaluate(current)
+        for state in candidates:
+            gap, mp, mean = evaluate(state)
+            gain = mean - base[2]
+            row = table.add(stage, name(state), (gap, mp), (gap - base[0], mp - base[1]), "mean", gain)
+            if gain.wins(space.level) and gain.value > best_gain:
+                best, best_gain, best_row = state, gain.value, row
+        if best_row is not None:
+            best_row["kept"] = True
+        return best
+
+    alone = [tuple((float(i == j), False) for j in range(len(members))) for i in range(len(members))]
+    for state in alone:
+        gap, mp, _ = evaluate(state)
+        table.add("member alone", name(state), (gap, mp), judged="mean")
+    current = max(alone, key=lambda s: evaluate(s)[2].value)
     table.rows[alone.index(current)]["kept"] = True
     for round_ in range(space.weight_rounds):
-        changed = False
+        before = current
         for i in range(len(members)):
-            best, best_gain, best_row = None, 0.0, None
-            for w in space.member_weights:
-                weights = current[:i] + (float(w),) + current[i + 1:]
-                if weights == current or not any(weights) or weights in alone:
-                    continue
-                gap, mp, mean = evaluate(weights)
-                base = evaluate(current)
-                gain = mean - base[2]
-                row = table.add(f"weights, round {round_ + 1}", name(weights), (gap, mp), (gap - base[0], mp - base[1]),
-                                "mean", gain)
-                if gain.wins(space.level) and gain.value > best_gain:
-                    best, best_gain, best_row = weights, gain.value, row
-            if best is not None:
-                current, changed, best_row["kept"] = best, True, True
-        if not changed:
+            candidates = [current[:i] + ((float(w), current[i][1]),) + current[i + 1:] for w in space.member_weights]
+            candidates = [s for s in candidates if s != current and sum(w > 0 for w, _ in s) >= 2]
+            current = step(f"weights, round {round_ + 1}", current, candidates)
+        if current == before:
             break
-    kept = [replace(m, weight=w) for m, w in zip(members, current) if w > 0]
+    if space.member_whitening:
+        for i, (w, whiten) in enumerate(current):
+            if w > 0 and not whiten:
+                current = step("per-member PCA-whitening", current, [current[:i] + ((w, True),) + current[i + 1:]])
+    kept = [replace(m, weight=w, whiten=wh) for m, (w, wh) in zip(members, current) if w > 0]
     log.info("tuned weights: %s", name(current))
     return replace(ensemble, members=kept)
 
@@ -285,7 +301,45 @@ def tune(ensemble: EnsembleConfig, tune_root, workdir, space: SearchSpace, base:
     for name, table in (("weights", weights_table), ("recipe", recipe_table)):
         if table.rows:
             atomic_write_csv(table.frame(), out / f"{name}.csv")
-            tables[name] = write_text(out / f"{name}.md", table.markdown())
+            tables[name] = write_text(out / f"{name}.md", _header(tune_root, space) + table.markdown())
     recipe_path = save_recipe(recipe, workdir / "tuned.yaml")
     ensemble_path = save_recipe(tuned_ensemble, workdir / "tuned-ensemble.yaml")
     return Tuned(tuned_ensemble, recipe, recipe_path, ensemble_path, tables)
+
+
+def tune_ensemble_weights(ensemble: EnsembleConfig, tune_root, workdir, space: SearchSpace) -> tuple[EnsembleConfig, Path]:
+    """Only the weight search of :func:`tune` (every member alone, then mixes) on ``tune_root``: how a set
+    of candidate members compares; table in ``workdir/tuning/weights.md``."""
+    vdir = Path(workdir) / "tune"
+    run_ensemble(ensemble, tune_root, vdir)
+    run = load_run(tune_root, vdir)
+    boot = Bootstrap(read_solution(Path(tune_root) / "recognition_solution.csv"),
+                     read_solution(Path(tune_root) / "retrieval_solution.csv"), run.test_ids, space.resamples,
+                     space.seed)
+    table = Tables(space.level)
+    tuned = tune_weights(ensemble, vdir, run, boot, space, table)
+    atomic_write_csv(table.frame(), Path(workdir) / "tuning" / "weights.csv")
+    return tuned, write_text(Path(workdir) / "tuning" / "weights.md", _header(tune_root, space) + table.markdown())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m landmark_kit.tuning --tune-on V --workdir W --ensemble E``: the member-weight table alone."""
+    import argparse
+
+    from .ensemble import load_ensemble
+
+    ap = argparse.ArgumentParser(description=tune_ensemble_weights.__doc__)
+    ap.add_argument("--tune-on", required=True, help="labelled Kaggle-layout folder")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--ensemble", default="ensembles/zero-shot-candidates.yaml")
+    ap.add_argument("--search", default="submissions/search.yaml", help="weights grid, resamples, seed")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    tuned, table = tune_ensemble_weights(load_ensemble(args.ensemble), args.tune_on, args.workdir,
+                                         load_space(args.search))
+    print(table.read_text())
+    print("tuned:", ", ".join(f"{m.name}={m.weight:g}" for m in tuned.members))
+
+
+if __name__ == "__main__":
+    main()

@@ -95,6 +95,22 @@ def test_whitened_ensemble_through_the_stage(tiny_competition, tmp_path):
     assert np.load(ens / "test.npy").shape[1] == 16 and (ens / "whitening.npz").is_file()
 
 
+def test_member_whitening_applies_before_concatenation_and_reuses_descriptors(trained_like_features, tmp_path):
+    from landmark_kit.ensemble import (MemberConfig, apply_whitening, fit_whitening, joined_features, member_identity,
+                                       save_features)
+
+    fit, other = trained_like_features
+    for name, shift in (("a", 0.0), ("b", 1.0)):
+        save_features(tmp_path / "features" / name, "index", fit + shift, [f"{i:016x}" for i in range(len(fit))])
+        save_features(tmp_path / "features" / name, "test", other + shift, [f"{i:016x}" for i in range(len(other))])
+    a, b = MemberConfig("a", backbone="x", whiten=True), MemberConfig("b", backbone="x", weight=0.5)
+    joined, _ = joined_features([a, b], tmp_path, "test", whiten_split="index")
+    expected = np.concatenate([apply_whitening(other, fit_whitening(fit)), 0.5 * (other + 1.0)], axis=1)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(joined, expected, atol=1e-4)
+    assert member_identity(a) == member_identity(MemberConfig("a", backbone="x"))  # no re-extraction
+
+
 def test_sharded_extraction_equals_single_process(tiny_competition, tmp_path):
     recipe = tmp_path / "e.yaml"
     recipe.write_text("members:\n  - {name: z, backbone: test_efficientnet, image_size: 48}\nworkers: 0\n")

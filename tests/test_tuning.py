@@ -146,3 +146,48 @@ def test_tune_on_contract_and_no_read_of_data_root_solutions(trained, tiny_compe
     assert outputs[0] == outputs[1]  # solutions under --data-root never change what is predicted
     valid = stage("05_score.py", "--validate", lines[-2], "--data-root", tiny_competition)
     assert valid.returncode == 0
+
+
+def _run_with_top1(tmp_path: Path, top1: np.ndarray) -> RunData:
+    """A run whose test queries' nearest train image has label ``top1[q]`` (one train image per label)."""
+    n = len(top1)
+    labels = np.arange(top1.max() + 1)
+    ids = [f"{q:016x}" for q in range(n)]
+    return RunData(tmp_path, ids, [f"{10_000 + i:016x}" for i in labels], ids[:1], labels,
+                   np.linspace(0.9, 0.5, n, dtype=np.float32)[:, None], top1[:, None], np.ones((n, 1), np.float32),
+                   np.zeros((n, 1), np.int64))
+
+
+def test_suppression_threshold_is_a_fraction_of_the_queries(tmp_path):
+    from landmark_kit.predict import recognition_steps
+
+    top1 = np.array([0] * 12 + [1] * 8 + list(range(2, 82)))  # 100 queries: label 0 x12, label 1 x8
+    cfg = PredictConfig(suppress_fraction=0.1)
+    *_, (name, _, scores) = recognition_steps(cfg, _run_with_top1(tmp_path, top1), tmp_path)
+    assert name.endswith("(> 0.1 of queries = 10)")
+    assert (scores[:12] == -12).all() and (scores[12:] > 0).all()
+    doubled = np.concatenate([top1, top1])  # twice the queries, same shares: the same labels are suppressed
+    *_, (name, _, scores) = recognition_steps(cfg, _run_with_top1(tmp_path, doubled), tmp_path)
+    assert name.endswith("= 20)") and (scores[doubled == 0] == -24).all() and (scores[doubled != 0] > 0).all()
+    with pytest.raises(Exception, match="fraction"):
+        list(recognition_steps(PredictConfig(suppress_fraction=8), _run_with_top1(tmp_path, top1), tmp_path))
+
+
+def test_verified_pairs_are_kept_on_disk_and_not_verified_again(trained, tiny_competition, tmp_path, monkeypatch):
+    import landmark_kit.predict as predict
+
+    recipe = tiny_recipe(tmp_path, trained)
+    from landmark_kit.ensemble import load_ensemble, run_ensemble
+
+    run_ensemble(load_ensemble(recipe), tiny_competition, tmp_path / "w")
+    run = predict.load_run(tiny_competition, tmp_path / "w")
+    cfg = apply_overrides(PredictConfig(), {"verify_shortlist": 3, "local": {"max_keypoints": 200, "workers": 0},
+                                            "verify": {"workers": 1}})
+    first = predict.shortlist_inliers(cfg, tiny_competition, run.workdir, run.test_ids, run.train_ids,
+                                      run.train_neighbours[:, :3])
+    assert list((tmp_path / "w" / "local" / "pairs").glob("test-train-*.npz"))
+    calls = []
+    monkeypatch.setattr(predict, "verify_pairs", lambda pairs, *a, **k: calls.append(len(pairs)) or np.zeros(len(pairs)))
+    again = predict.shortlist_inliers(cfg, tiny_competition, run.workdir, run.test_ids, run.train_ids,
+                                      run.train_neighbours[:, :4])  # one more column: only the new pairs
+    assert np.array_equal(again[:, :3], first) and calls == [int((run.train_neighbours[:, 3] >= 0).sum())]
