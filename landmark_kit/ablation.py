@@ -37,12 +37,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
 
 
-def _member_rows(run: RunData, k_index: int) -> list[tuple[str, tuple, np.ndarray]]:
-    """Plain kNN top-1 labels and kNN index rows of every member of a multi-member run (none for one)."""
+def member_rows(run: RunData, k_index: int) -> list[tuple[str, tuple, np.ndarray]]:
+    """Plain kNN top-1 (labels, scores) and kNN index rows of every member of the run's ``ensemble.yaml``,
+    each on its own descriptors."""
     recipe = run.workdir / "ensemble.yaml"
     members = load_ensemble(recipe).members if recipe.is_file() else []
     out = []
-    for member in members if len(members) > 1 else []:
+    for member in members:
         folder = run.workdir / "features" / member.name
         test = np.asarray(load_features(folder, "test")[0], np.float32)
         s, i = knn(test, load_features(folder, "train")[0], 1)
@@ -126,7 +127,8 @@ def ablate(data_root, workdir, cfg: PredictConfig, recognition_solution, retriev
                      resamples, seed)
     rec = _Table("recognition", recognition_solution, out_dir, run, boot)
     ret = _Table("retrieval", retrieval_solution, out_dir, run, boot, cfg.retrieval_k)
-    members = _member_rows(run, cfg.retrieval_k)
+    members = member_rows(run, cfg.retrieval_k)
+    members = members if len(members) > 1 else []  # one member: its row is the ensemble row
     rec.add_best_member([(name, labels_scores) for name, labels_scores, _ in members])
     ret.add_best_member([(name, rows) for name, _, rows in members])
     labels = scores = None

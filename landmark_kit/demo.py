@@ -29,7 +29,7 @@ from .artifacts import write_text
 from .data import read_train_csv, scan_split
 from .ensemble import load_ensemble, run_ensemble
 from .predict import PredictConfig, predict
-from .readme import machine
+from .readme import machine, markdown_table
 from .recipes import load_recipe
 from .scoring import score_files
 from .submission import read_solution
@@ -64,12 +64,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[dict]) -> str:
+def score_table(rows: list[dict]) -> str:
     """The demo's score rows as a markdown table."""
-    lines = ["| method | GAP | GAP (landmarks only) | top-1 | mAP@100 | P@1 |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['GAP']:.4f} | {r['GAP_lm']:.4f} | {r['top1']:.4f} | {r['mAP@100']:.4f} | "
-              f"{r['P@1']:.3f} |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table([{"method": r["method"], "GAP": f"{r['GAP']:.4f}", "GAP (landmarks only)": f"{r['GAP_lm']:.4f}",
+                            "top-1": f"{r['top1']:.4f}", "mAP@100": f"{r['mAP@100']:.4f}", "P@1": f"{r['P@1']:.3f}"}
+                           for r in rows])
 
 
 def same_steps_epochs(epochs: int, batch_size: int, raw_images: int, kept_images: int) -> int:
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     queries = len(read_solution(data / "retrieval_solution.csv").all)
     write_text(workdir / "demo.md", f"`python -m landmark_kit.demo` on {machine()}: All = Public + Private, "
                                     f"{len(scan_split(data, 'test'))} test images ({queries} scored retrieval "
-                                    f"queries).\n\n" + markdown_table(rows))
+                                    f"queries).\n\n" + score_table(rows))
     print()
     print(f"synthetic competition, All (Public + Private); demo took {time.time() - start:.0f} s")
     print(format_table(rows))

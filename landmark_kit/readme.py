@@ -47,6 +47,16 @@ def machine() -> str:
     return text
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of equal keys as a markdown table (the keys are the header); what generated blocks hold."""
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def refresh(markdown: str | os.PathLike, root: str | os.PathLike = REPO) -> int:
     """Rewrite every generated block of ``markdown`` from the file it names; returns how many were found."""
     path, root = Path(markdown), Path(root)

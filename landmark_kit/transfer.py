@@ -16,28 +16,20 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .artifacts import write_text
 from .data import atomic_write_csv
-from .ensemble import load_ensemble, load_features, run_ensemble
+from .ablation import member_rows
+from .ensemble import load_ensemble, run_ensemble
 from .intervals import Bootstrap, Estimate, format_delta
-from .predict import PredictConfig, load_run, recognition_steps, retrieval_steps
-from .readme import machine
+from .predict import PredictConfig, load_run
+from .readme import machine, markdown_table
 from .recipes import load_recipe
-from .recognition import nearest_neighbour_labels
-from .search import knn
 from .submission import read_solution
-from .tuning import load_space, tune
+from .tuning import load_space, score_recipe, tune
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _chain(cfg: PredictConfig, run, data_root, boot: Bootstrap) -> tuple[Estimate, Estimate]:
-    *_, (_, labels, scores) = recognition_steps(cfg, run, data_root)
-    *_, (_, rows) = retrieval_steps(cfg, run, data_root, labels, scores)
-    return boot.gap(labels, scores), boot.map_at_100(rows, run.index_ids, cfg.retrieval_k)
 
 
 def _interval(est: Estimate) -> str:
@@ -55,25 +47,19 @@ def transfer(tune_root, apply_root, workdir, ensemble_path, search_path, full_re
     run = load_run(apply_root, target)
     boot = Bootstrap(read_solution(apply_root / "recognition_solution.csv"),
                      read_solution(apply_root / "retrieval_solution.csv"), run.test_ids)
-    members = []
-    for member in ensemble.members:
-        folder = target / "features" / member.name
-        test = np.asarray(load_features(folder, "test")[0], np.float32)
-        s, i = knn(test, load_features(folder, "train")[0], 1)
-        _, rows = knn(test, load_features(folder, "index")[0], min(100, len(run.index_ids)))
-        members.append((member.name, boot.gap(*nearest_neighbour_labels(s, i, run.train_labels)),
-                        boot.map_at_100(rows, run.index_ids)))
+    members = [(name, boot.gap(*labels_scores), boot.map_at_100(rows, run.index_ids))
+               for name, labels_scores, rows in member_rows(run, 100)]
     best_gap = max(members, key=lambda m: m[1].value)
     best_map = max(members, key=lambda m: m[2].value)
     results = [(f"{name} alone, kNN", gap, mp) for name, gap, mp in members]
     full = load_recipe(PredictConfig, full_recipe)
     results.append((f"{Path(ensemble_path).stem} (all members, recipe weights) + {Path(full_recipe).name}",
-                    *_chain(full, run, apply_root, boot)))
+                    *score_recipe(full, run, apply_root, boot)))
     run_ensemble(tuned.ensemble, apply_root, target)  # descriptors reused: concatenation and search only
     run = load_run(apply_root, target)
     kept = ", ".join(f"{m.name}={m.weight:g}" for m in tuned.ensemble.members)
     results.append((f"tuned on {Path(tune_root).name}: {kept} + tuned.yaml",
-                    *_chain(tuned.recipe, run, apply_root, boot)))
+                    *score_recipe(tuned.recipe, run, apply_root, boot)))
     rows = []
     _, full_gap, full_map = results[-2]
     for name, gap, mp in results:
@@ -83,11 +69,9 @@ def transfer(tune_root, apply_root, workdir, ensemble_path, search_path, full_re
                      "delta mAP@100 vs full.yaml": format_delta(mp - full_map)})
     frame = pd.DataFrame(rows)
     atomic_write_csv(frame, workdir / "transfer.csv")
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in frame.to_dict("records")]
     write_text(workdir / "transfer.md", f"Tuned on `{tune_root}`, scored on `{apply_root}` ({len(boot.queries)} "
                                         f"queries, 95% paired-bootstrap intervals); measured on {machine()}.\n\n"
-                                        + "\n".join(lines) + "\n")
+                                        + markdown_table(rows))
     return frame
 
 

@@ -23,15 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .artifacts import write_text
 from .data import atomic_write_csv
-from .ensemble import EnsembleConfig, joined_features, load_features, run_ensemble
+from .ensemble import EnsembleConfig, joined_features, run_ensemble
 from .intervals import Bootstrap, Estimate
 from .predict import PredictConfig, RunData, check_config, load_run, recognition_steps, retrieval_steps
-from .readme import machine
+from .readme import machine, markdown_table
 from .recipes import RecipeError, from_dict, load_recipe, save_recipe, to_dict
 from .recognition import nearest_neighbour_labels
 from .search import knn
@@ -143,12 +142,7 @@ class Tables:
         return pd.DataFrame(self.rows)
 
     def markdown(self) -> str:
-        frame = self.frame()
-        lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-        for row in frame.to_dict("records"):
-            lines.append("| " + " | ".join("**yes**" if v is True else "" if v is False else str(v)
-                                           for v in row.values()) + " |")
-        return "\n".join(lines) + "\n"
+        return markdown_table([dict(row, kept="**yes**" if row["kept"] else "") for row in self.rows])
 
 
 def _header(tune_root, space: SearchSpace) -> str:
@@ -222,6 +216,13 @@ def tune_weights(ensemble: EnsembleConfig, workdir: Path, run: RunData, boot: Bo
     return replace(ensemble, members=kept)
 
 
+def score_recipe(cfg: PredictConfig, run: RunData, data_root, boot: Bootstrap) -> tuple[Estimate, Estimate]:
+    """GAP and mAP@100 (with their bootstrap samples) of the last step of both chains of ``cfg``."""
+    *_, (_, labels, scores) = recognition_steps(cfg, run, data_root)
+    *_, (_, rows) = retrieval_steps(cfg, run, data_root, labels, scores)
+    return boot.gap(labels, scores), boot.map_at_100(rows, run.index_ids, cfg.retrieval_k)
+
+
 def tune_recipe(run: RunData, data_root, boot: Bootstrap, space: SearchSpace, table: Tables,
                 base: PredictConfig | None = None) -> PredictConfig:
     """Coordinate search over ``space.options`` from ``base`` (default ``space.base``): per option, the
@@ -231,9 +232,7 @@ def tune_recipe(run: RunData, data_root, boot: Bootstrap, space: SearchSpace, ta
     def evaluate(cfg: PredictConfig) -> tuple[Estimate, Estimate]:
         key = repr(to_dict(cfg))
         if key not in memo:
-            *_, (_, labels, scores) = recognition_steps(cfg, run, data_root)
-            *_, (_, rows) = retrieval_steps(cfg, run, data_root, labels, scores)
-            memo[key] = (boot.gap(labels, scores), boot.map_at_100(rows, run.index_ids, cfg.retrieval_k))
+            memo[key] = score_recipe(cfg, run, data_root, boot)
         return memo[key]
 
     current = base or apply_overrides(PredictConfig(), space.base)
