@@ -6,6 +6,7 @@ is the last link of each chain, and ``landmark_kit.ablation`` scores every link.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from .retrieval import (database_augment, discriminative_rerank, local_rerank, n
 from .search import knn
 from .submission import write_submissions
 from .verify import VerifyConfig, verify_pairs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -204,6 +207,9 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
         labels, scores = soft_vote(run.train_scores, run.train_neighbours, run.train_labels, cfg.k)
         yield f"+ soft-voting (k={cfg.k})", labels, scores
     if cfg.verify_shortlist > 0:
+        if cfg.verify_shortlist > run.train_neighbours.shape[1]:
+            log.warning("verify_shortlist %d > the %d train neighbours stage 03 kept (k_train): verifying %d",
+                        cfg.verify_shortlist, run.train_neighbours.shape[1], run.train_neighbours.shape[1])
         shortlist = run.train_neighbours[:, : cfg.verify_shortlist]
         inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.train_ids, shortlist,
                                     cache=run.cache)
@@ -253,6 +259,9 @@ def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: n
     confident = f", top {cfg.rerank_confident:g} of queries" if cfg.rerank_confident < 1.0 else ""
     for stage in (("label", "local") if cfg.rerank_first else ("local", "label")):
         if stage == "local" and cfg.local_rerank > 0:
+            if cfg.local_rerank > rows.shape[1]:
+                log.warning("local_rerank %d > the %d index neighbours searched (k_index): re-ranking %d",
+                            cfg.local_rerank, rows.shape[1], rows.shape[1])
             top = rows[:, : cfg.local_rerank]
             inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.index_ids, top, "index",
                                         cache=run.cache)
