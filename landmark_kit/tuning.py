@@ -163,6 +163,7 @@ def tune_weights(ensemble: EnsembleConfig, workdir: Path, run: RunData, boot: Bo
     of GAP and mAP@100 (plain kNN) wins. Members ending at weight 0 are dropped."""
     members = ensemble.members
     memo: dict[tuple, tuple[Estimate, Estimate, Estimate]] = {}
+
     def evaluate(state: tuple):  # state: ((weight, whiten), ...) per member
         if state not in memo:
             chosen = [replace(m, weight=w, whiten=wh) for m, (w, wh) in zip(members, state) if w > 0]
@@ -236,7 +237,8 @@ def tune_recipe(run: RunData, data_root, boot: Bootstrap, space: SearchSpace, ta
         return memo[key]
 
     current = base or apply_overrides(PredictConfig(), space.base)
-    table.add("recipe start", _describe(space.base), evaluate(current), kept=True)
+    start = "the given --recipe" if base is not None else _describe(space.base)
+    table.add("recipe start", start, evaluate(current), kept=True)
     for round_ in range(space.rounds):
         changed = False
         for option in space.options:
