@@ -28,7 +28,7 @@ from .recognition import nearest_neighbour_labels
 from .retrieval import neighbour_lists
 from .scoring import score_recognition, score_retrieval
 from .search import knn
-from .submission import read_solution, write_recognition, write_retrieval, write_submissions
+from .submission import Solution, read_solution, write_recognition, write_retrieval, write_submissions
 
 TRACKS = {"recognition": "GAP", "retrieval": "mAP@100"}
 
@@ -55,8 +55,9 @@ def member_rows(run: RunData, k_index: int) -> list[tuple[str, tuple, np.ndarray
 class _Table:
     """Rows of one track: writes each row's submission, scores it, keeps the metric per Usage part."""
 
-    def __init__(self, track: str, solution_path, out_dir: Path, run: RunData, boot: Bootstrap, k: int = 100) -> None:
-        self.track, self.solution, self.out, self.run = track, read_solution(solution_path), out_dir / track, run
+    def __init__(self, track: str, solution: Solution, out_dir: Path, run: RunData, boot: Bootstrap, k: int = 100
+                 ) -> None:
+        self.track, self.solution, self.out, self.run = track, solution, out_dir / track, run
         self.k = k  # retrieval list length, as the submission writes it
         self.boot = boot
         self.rows: list[dict] = []
@@ -123,10 +124,10 @@ def ablate(data_root, workdir, cfg: PredictConfig, recognition_solution, retriev
     chain is also written there as the submission (what :func:`~landmark_kit.predict.predict` would write)."""
     out_dir = Path(out_dir)
     run = load_run(data_root, workdir, train_csv)
-    boot = Bootstrap(read_solution(recognition_solution), read_solution(retrieval_solution), run.test_ids,
-                     resamples, seed)
-    rec = _Table("recognition", recognition_solution, out_dir, run, boot)
-    ret = _Table("retrieval", retrieval_solution, out_dir, run, boot, cfg.retrieval_k)
+    solutions = read_solution(recognition_solution), read_solution(retrieval_solution)
+    boot = Bootstrap(*solutions, run.test_ids, resamples, seed)
+    rec = _Table("recognition", solutions[0], out_dir, run, boot)
+    ret = _Table("retrieval", solutions[1], out_dir, run, boot, cfg.retrieval_k)
     members = member_rows(run, cfg.retrieval_k)
     members = members if len(members) > 1 else []  # one member: its row is the ensemble row
     rec.add_best_member([(name, labels_scores) for name, labels_scores, _ in members])

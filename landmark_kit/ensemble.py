@@ -230,10 +230,12 @@ def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bo
     return True
 
 
-def joined_features(members: list[MemberConfig], workdir, split: str, whiten_split: str = "index"
-                    ) -> tuple[np.ndarray, list[str]]:
+def joined_features(members: list[MemberConfig], workdir, split: str, whiten_split: str = "index",
+                    whitenings: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list[str]]:
     """Weighted concatenation of the members' descriptors of one split, L2-normalised; members with
-    ``whiten`` are PCA-whitened first, as learned on their ``whiten_split`` descriptors."""
+    ``whiten`` are PCA-whitened first, as learned on their ``whiten_split`` descriptors. ``whitenings``: a
+    dict the caller keeps across calls (same ``whiten_split``), so each member's whitening is fitted once."""
+    whitenings = {} if whitenings is None else whitenings
     parts, ids = [], None
     for m in members:
         folder = Path(workdir) / "features" / m.name
@@ -243,8 +245,9 @@ def joined_features(members: list[MemberConfig], workdir, split: str, whiten_spl
         ids = member_ids
         feats = np.asarray(feats, dtype=np.float32)
         if m.whiten:
-            feats = apply_whitening(feats, fit_whitening(np.asarray(load_features(folder, whiten_split)[0],
-                                                                    np.float32)))
+            if m.name not in whitenings:
+                whitenings[m.name] = fit_whitening(np.asarray(load_features(folder, whiten_split)[0], np.float32))
+            feats = apply_whitening(feats, whitenings[m.name])
         parts.append(m.weight * feats)
     joined = np.concatenate(parts, axis=1)
     return joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12), ids
@@ -275,13 +278,14 @@ def concatenate(members: list[MemberConfig], workdir, splits=SPLITS, dtype: str 
     own ``whiten`` are whitened before concatenation (on ``whiten_split``, default index)."""
     out = Path(workdir) / "features" / "ensemble"
     out.mkdir(parents=True, exist_ok=True)
-    whitening = None
+    whitening, member_whitenings = None, {}
     if whiten_split is not None:
-        whitening = fit_whitening(joined_features(members, workdir, whiten_split, member_whiten_split)[0], whiten_dim)
+        whitening = fit_whitening(joined_features(members, workdir, whiten_split, member_whiten_split,
+                                                  member_whitenings)[0], whiten_dim)
         with atomic_path(out / "whitening.npz") as tmp:
             np.savez(tmp, **whitening)
     for split in splits:
-        joined, ids = joined_features(members, workdir, split, member_whiten_split)
+        joined, ids = joined_features(members, workdir, split, member_whiten_split, member_whitenings)
         if whitening is not None:
             joined = apply_whitening(joined, whitening)
         save_features(out, split, joined, ids, dtype)

@@ -163,11 +163,12 @@ def tune_weights(ensemble: EnsembleConfig, workdir: Path, run: RunData, boot: Bo
     of GAP and mAP@100 (plain kNN) wins. Members ending at weight 0 are dropped."""
     members = ensemble.members
     memo: dict[tuple, tuple[Estimate, Estimate, Estimate]] = {}
+    whitenings: dict = {}  # each member's whitening fitted once for the whole search
 
     def evaluate(state: tuple):  # state: ((weight, whiten), ...) per member
         if state not in memo:
             chosen = [replace(m, weight=w, whiten=wh) for m, (w, wh) in zip(members, state) if w > 0]
-            feats = {split: joined_features(chosen, workdir, split, ensemble.whiten_split)[0]
+            feats = {split: joined_features(chosen, workdir, split, ensemble.whiten_split, whitenings)[0]
                      for split in ("test", "train", "index")}
             scores, rows = knn(feats["test"], feats["train"], 1)
             labels, conf = nearest_neighbour_labels(scores, rows, run.train_labels)
