@@ -28,6 +28,7 @@ from .cleaning import CleanConfig, clean
 from .artifacts import write_text
 from .data import read_train_csv, scan_split
 from .ensemble import load_ensemble, run_ensemble
+from .intervals import Bootstrap, format_delta
 from .predict import PredictConfig, predict
 from .readme import machine, markdown_table
 from .recipes import load_recipe
@@ -37,6 +38,9 @@ from .synthetic import SyntheticConfig, generate
 from .train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
+# The demo's test and index are larger than the generator's defaults (train is the same): with ~270 scored
+# queries instead of ~100, the table's headline deltas come with intervals narrow enough to mean something.
+DEMO_TEST_PER_LANDMARK, DEMO_INDEX_PER_LANDMARK = 8.0, 6.0
 
 
 def ensure_synthetic(root: Path, cfg: SyntheticConfig) -> None:
@@ -53,21 +57,36 @@ def score_row(name: str, data: Path, rec: Path, ret: Path) -> dict:
     r = score_files(data / "recognition_solution.csv", rec)["scores"]["All"]
     s = score_files(data / "retrieval_solution.csv", ret)["scores"]["All"]
     return {"method": name, "GAP": r["GAP"], "GAP_lm": r["GAP_landmarks_only"], "top1": r["top1"],
-            "mAP@100": s["mAP@100"], "P@1": s["precision@k"][0]}
+            "mAP@100": s["mAP@100"], "P@1": s["precision@k"][0], "files": (rec, ret)}
+
+
+def add_deltas(rows: list[dict], data: Path) -> None:
+    """Each row's GAP and mAP@100 change over the row above, with 95% paired-bootstrap intervals over the
+    test queries (1000 seeded resamples), read from the rows' submission files."""
+    boot = Bootstrap(read_solution(data / "recognition_solution.csv"), read_solution(data / "retrieval_solution.csv"),
+                     scan_split(data, "test"))
+    previous = None
+    for row in rows:
+        current = boot.submissions(*row["files"])
+        row["dGAP"], row["dmAP"] = ("", "") if previous is None else (
+            format_delta(current[0] - previous[0]), format_delta(current[1] - previous[1]))
+        previous = current
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'method':<38} {'GAP':>7} {'GAP(lm)':>8} {'top-1':>7} {'mAP@100':>8} {'P@1':>6}"]
+    lines = [f"{'method':<38} {'GAP':>7} {'GAP(lm)':>8} {'top-1':>7} {'mAP@100':>8} {'P@1':>6}"
+             f"  {'GAP delta [95% CI]':<27} mAP@100 delta [95% CI]"]
     for r in rows:
         lines.append(f"{r['method']:<38} {r['GAP']:>7.4f} {r['GAP_lm']:>8.4f} {r['top1']:>7.4f}"
-                     f" {r['mAP@100']:>8.4f} {r['P@1']:>6.3f}")
+                     f" {r['mAP@100']:>8.4f} {r['P@1']:>6.3f}  {r['dGAP']:<27} {r['dmAP']}")
     return "\n".join(lines)
 
 
 def score_table(rows: list[dict]) -> str:
     """The demo's score rows as a markdown table."""
     return markdown_table([{"method": r["method"], "GAP": f"{r['GAP']:.4f}", "GAP (landmarks only)": f"{r['GAP_lm']:.4f}",
-                            "top-1": f"{r['top1']:.4f}", "mAP@100": f"{r['mAP@100']:.4f}", "P@1": f"{r['P@1']:.3f}"}
+                            "top-1": f"{r['top1']:.4f}", "mAP@100": f"{r['mAP@100']:.4f}", "P@1": f"{r['P@1']:.3f}",
+                            "GAP delta [95% CI]": r["dGAP"], "mAP@100 delta [95% CI]": r["dmAP"]}
                            for r in rows])
 
 
@@ -96,6 +115,7 @@ def run_demo(workdir: Path, synthetic: SyntheticConfig, train_overrides: dict | 
     ensemble (``submissions/full.yaml``)."""
     data = workdir / "synthetic"
     subs = workdir / "submissions"
+    clock = time.time()
     ensure_synthetic(data, synthetic)
     run_cleaning(data, workdir / "cleaning" / "synthetic", workdir / "ensemble" / "imagenet-lite0")
     rows = [score_row("colour histogram kNN (no learning)", data,
@@ -113,21 +133,29 @@ def run_demo(workdir: Path, synthetic: SyntheticConfig, train_overrides: dict | 
         epochs = same_steps_epochs(train_cfg.epochs, train_cfg.batch_size, len(read_train_csv(data / "train.csv")),
                                    kept)
         cleaned_cfg = replace(train_cfg, train_csv=str(clean_csv), epochs=epochs)
+        start = time.time()
         cleaned = train(cleaned_cfg, data, workdir / "train" / "synthetic-lite0-cleaned")
+        print(f"trained {cleaned} ({time.time() - start:.0f} s)")
         runs.append(("synthetic-lite0", "synthetic-lite0-cleaned", "same, cleaned list, same steps", cleaned))
     runs.append(("synthetic-ensemble", "synthetic-ensemble", "ensemble: row above + zero-shot lite0",
                  runs[-1][3]))
     for recipe, name, label, trained in runs:
+        start = time.time()
         cfg = load_ensemble(REPO / "ensembles" / f"{recipe}.yaml")
         for member in cfg.members:
             if trained is not None and member.checkpoint is not None:
                 member.checkpoint, member.image_size = str(trained), train_cfg.image_size
-        run_ensemble(cfg, data, workdir / "ensemble" / name)
+        # members already extracted for an earlier row (same config and checkpoint) are not extracted again
+        run_ensemble(cfg, data, workdir / "ensemble" / name, reuse_from=[workdir / "ensemble" / r[1] for r in runs])
         rows.append(score_row(label, data, *predict(data, workdir / "ensemble" / name, subs / name)))
+        print(f"{label}: extracted and predicted ({time.time() - start:.0f} s)")
+    add_deltas(rows, data)
     name = runs[-1][1]
+    start = time.time()
     tables = ablate(data, workdir / "ensemble" / name, load_recipe(PredictConfig, REPO / "submissions" / "full.yaml"),
                     data / "recognition_solution.csv", data / "retrieval_solution.csv",
                     workdir / "ensemble" / name / "ablation" / "full", submission_dir=subs / f"{name}-full")
+    print(f"stage 04 step by step ({time.time() - start:.0f} s); all steps {time.time() - clock:.0f} s")
     return rows, tables
 
 
@@ -136,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", default="runs/demo")
     ap.add_argument("--landmarks", type=int, default=SyntheticConfig.landmarks)
     ap.add_argument("--seed", type=int, default=SyntheticConfig.seed)
+    ap.add_argument("--test-per-landmark", type=float, default=DEMO_TEST_PER_LANDMARK)
+    ap.add_argument("--index-per-landmark", type=float, default=DEMO_INDEX_PER_LANDMARK)
     ap.add_argument("--epochs", type=int, help="override the training recipe's epochs (quick runs)")
     ap.add_argument("--image-size", type=int, help="override the training recipe's image size")
     ap.add_argument("--train-seed", type=int, help="override the training recipe's seed")
@@ -145,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size), ("seed", args.train_seed))
                  if v is not None}
     workdir = Path(args.workdir)
-    rows, tables = run_demo(workdir, SyntheticConfig(landmarks=args.landmarks, seed=args.seed), overrides)
+    synthetic = SyntheticConfig(landmarks=args.landmarks, seed=args.seed, test_per_landmark=args.test_per_landmark,
+                                index_per_landmark=args.index_per_landmark)
+    rows, tables = run_demo(workdir, synthetic, overrides)
     data = workdir / "synthetic"
     queries = len(read_solution(data / "retrieval_solution.csv").all)
     write_text(workdir / "demo.md", f"`python -m landmark_kit.demo` on {machine()}: All = Public + Private, "

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +163,37 @@ def _member_folder(member: MemberConfig, workdir) -> Path:
             stale.unlink()
     write_text(meta, json.dumps(identity, indent=2))
     return folder
+
+
+def reuse_features(members: list[MemberConfig], workdir, sources) -> dict[str, list[str]]:
+    """Hard-link (or copy) finished descriptors from other run directories ``sources`` into ``workdir`` for every
+    member whose identity (config + checkpoint digest, the name aside) matches there, so an ensemble of members
+    already extracted elsewhere costs no extraction. Returns the files taken per member."""
+    def anonymous(identity: dict) -> dict:
+        return {k: v for k, v in identity.items() if k != "name"}
+
+    taken: dict[str, list[str]] = {}
+    for member in members:
+        wanted, dest = anonymous(member_identity(member)), _member_folder(member, workdir)
+        for source in map(Path, sources):
+            for meta in sorted((source / "features").glob("*/member.json")):
+                if meta.parent.resolve() == dest.resolve() or anonymous(json.loads(meta.read_text())) != wanted:
+                    continue
+                folder = meta.parent
+                for split in SPLITS:
+                    ids = (folder / f"{split}.ids").read_text().split() if (folder / f"{split}.ids").is_file() else None
+                    if ids is None or not _is_done(folder, split, ids) or _is_done(dest, split, ids):
+                        continue
+                    for suffix in (".ids", ".failed.csv", ".npy"):
+                        src, out = folder / f"{split}{suffix}", dest / f"{split}{suffix}"
+                        if src.is_file():
+                            out.unlink(missing_ok=True)
+                            try:
+                                os.link(src, out)
+                            except OSError:  # another file system
+                                shutil.copy2(src, out)
+                    taken.setdefault(member.name, []).append(str(folder / f"{split}.npy"))
+    return taken
 
 
 def extract_members(
@@ -309,8 +341,10 @@ def search_neighbours(workdir, k_train: int, k_index: int, index: str = "Flat", 
     return paths
 
 
-def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dict[str, Path]:
+def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None, reuse_from=()) -> dict[str, Path]:
     """The whole stage: extract every member, concatenate, search; returns the neighbour files.
+    ``reuse_from``: other run directories whose descriptors of identical members are taken instead of
+    re-extracted (:func:`reuse_features`).
 
     With ``world_size`` > 1 each rank extracts its slice; a rank that finds other ranks' parts still missing
     returns ``{}``, and the last one to finish merges, concatenates and searches.
@@ -318,6 +352,8 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None) -> dic
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_recipe(cfg, workdir / "ensemble.yaml")
+    for name, files in reuse_features(cfg.members, workdir, reuse_from).items():
+        log.info("member %s: descriptors taken from %s", name, ", ".join(files))
     ids = {split: split_ids(data_root, split, train_csv) for split in SPLITS}  # once for every member
     extract_members(cfg.members, cfg, data_root, workdir, train_csv=train_csv, ids_by_split=ids)
     if not all(_is_done(workdir / "features" / m.name, split, ids[split]) for m in cfg.members for split in SPLITS):

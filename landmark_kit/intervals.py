@@ -19,7 +19,7 @@ import numpy as np
 
 from .metrics import retrieval_per_query
 from .retrieval import neighbour_lists
-from .submission import Solution
+from .submission import Solution, read_recognition, read_retrieval
 
 
 @dataclass
@@ -108,9 +108,23 @@ class Bootstrap:
     def map_at_100(self, rows, index_ids: Sequence[str], k: int = 100) -> Estimate:
         """mAP@100 (All) of ranked index rows (positions into ``index_ids``) per test image."""
         ranked = neighbour_lists(rows, index_ids, k)
-        ret_queries = list(self.ret_solution)
         position = dict(zip(self.queries, range(len(self.queries))))
-        predictions = {q: ranked[self.rows[position[q]]] for q in ret_queries}
+        return self._map({q: ranked[self.rows[position[q]]] for q in self.ret_solution})
+
+    def submissions(self, recognition_csv, retrieval_csv) -> tuple[Estimate, Estimate]:
+        """GAP and mAP@100 (All) of two submission files, read as the scorer reads them (stage 05), so any
+        two submissions of the same test set get paired intervals."""
+        rec = read_recognition(recognition_csv).set_index("id")
+        test_ids = np.empty(int(self.rows.max()) + 1, dtype=object)
+        test_ids[self.rows] = self.queries
+        labels = rec["landmark_id"].reindex(test_ids, fill_value=-1).to_numpy()
+        scores = rec["score"].reindex(test_ids, fill_value=0.0).to_numpy()
+        retrieved = read_retrieval(retrieval_csv)
+        return self.gap(labels, scores), self._map({q: retrieved.get(q, "") for q in self.ret_solution})
+
+    def _map(self, predictions: dict) -> Estimate:
+        position = dict(zip(self.queries, range(len(self.queries))))
+        ret_queries = list(self.ret_solution)
         ap = np.zeros(len(self.queries))
         ap[[position[q] for q in ret_queries]] = retrieval_per_query(predictions, self.ret_solution)["ap"]
         return self._mean(ap, self.is_ret)

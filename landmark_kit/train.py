@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     """Training recipe. Defaults = ``training/synthetic-lite0.yaml`` (a useful model on the synthetic
-    competition in minutes on a CPU); ``training/gldv2-smlyaka2019.yaml`` holds the paper's GLDv2 settings."""
+    competition in minutes on a CPU) with nothing frozen; ``training/gldv2-smlyaka2019.yaml`` holds the
+    paper's GLDv2 settings."""
 
     model: str = "tf_efficientnet_lite0"
     weights: str | None = "imagenet-lite"  # local file, "imagenet-lite", or None (random init / hub)
@@ -46,14 +47,15 @@ class TrainConfig:
     scale: float = 30.0
     margin: float = 0.3
     image_size: int = 128
-    epochs: int = 16
+    epochs: int = 12
     batch_size: int = 32
-    lr: float = 1e-2
+    lr: float = 2e-2
     head_lr_mult: float = 10.0  # the freshly initialised neck and head learn faster than the backbone
     momentum: float = 0.9
     weight_decay: float = 1e-5
     warmup_epochs: float = 1.0  # linear LR warm-up before the cosine decay
     grad_clip: float = 5.0  # max gradient norm (0 = off); keeps high-LR fine-tuning from diverging
+    freeze_stages: int = 0  # stem + this many backbone stages keep their ImageNet weights and BN statistics
     local_head: bool = False  # also train a DELG attention + autoencoder local head (local backend "delg")
     local_dim: int = 128
     attention_weight: float = 1.0  # DELG's loss weights: attention cross-entropy, autoencoder reconstruction
@@ -100,6 +102,25 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[LandmarkNet, Margin
     return net, MarginHead(cfg.dim, num_classes, cfg.head, cfg.scale, cfg.margin)
 
 
+def freeze_stages(backbone: nn.Module, stages: int) -> list[nn.Module]:
+    """Freeze the stem and the first ``stages`` stages of a timm backbone (timm's coarse parameter groups);
+    returns the frozen modules, which the training loop keeps in eval mode so their BN statistics stay put.
+    The early, high-resolution layers cost most of a backward pass and change least when fine-tuning."""
+    if stages <= 0:
+        return []
+    from timm.models import group_modules
+
+    if not hasattr(backbone, "group_matcher"):
+        raise RecipeError(f"freeze_stages needs a timm backbone with group_matcher; {type(backbone).__name__} has none")
+    groups = group_modules(backbone, backbone.group_matcher(coarse=True))
+    if stages >= len(groups) - 1:
+        raise RecipeError(f"freeze_stages {stages} would freeze the whole backbone ({len(groups) - 1} stages + stem)")
+    modules = [backbone.get_submodule(name) for gid in sorted(groups)[: stages + 1] for name in groups[gid]]
+    for module in modules:
+        module.requires_grad_(False)
+    return modules
+
+
 def _atomic_save(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -138,14 +159,15 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
     classes = np.sort(train_df["landmark_id"].unique())
     targets = torch.as_tensor(np.searchsorted(classes, train_df["landmark_id"].to_numpy()))
     model, head = build_model(cfg, len(classes))
-    model.to(device)
+    frozen = freeze_stages(model.backbone, cfg.freeze_stages)
+    model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: ~1.4x faster on CPU, faster AMP
     head.to(device)
     dataset = ImageDataset(data_root, "train", train_df["id"].tolist(),
                            train_transform(cfg, *input_normalisation(model.backbone)), max_side=cfg.image_size * 2)
 
     neck = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
     optimizer = torch.optim.SGD(
-        [{"params": model.backbone.parameters(), "lr": cfg.lr},
+        [{"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
          {"params": neck + list(head.parameters()), "lr": cfg.lr * cfg.head_lr_mult}],
         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
     )
@@ -181,6 +203,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
                                 collate_fn=collate_skip_bad, pin_memory=device.type == "cuda", drop_last=False)
             model.train()
             head.train()
+            for module in frozen:
+                module.eval()
             seen, loss_sum, correct, start = 0, 0.0, 0, time.perf_counter()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress,
                        initial=step, total=steps_per_epoch)
@@ -189,7 +213,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
                 step += 1
                 if images is None or len(images) < 2:  # BatchNorm needs two samples
                     continue
-                images = images.to(device, non_blocking=True)
+                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 labels = targets[positions].to(device)
                 with torch.autocast(device.type, enabled=use_amp):
                     if model.local is None:

@@ -3,7 +3,8 @@
 
   python stages/03_ensemble.py --data-root R --workdir W --ensemble ensembles/imagenet-lite0.yaml
 
-Outputs go to W (features/, neighbours/, ensemble.yaml); finished splits are skipped on a rerun.
+Outputs go to W (features/, neighbours/, ensemble.yaml); finished splits are skipped on a rerun, and
+`--reuse-from W2` takes the descriptors of members already extracted in W2 (same member config and checkpoint).
 Sharded: one process per rank (`torchrun --nproc-per-node 8 stages/03_ensemble.py ...`, a SLURM array with
 --rank/--world-size, or RANK/WORLD_SIZE env vars) extracts every world_size-th image into part files; the
 last rank to finish merges them, concatenates and searches.
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="runs/ensemble/imagenet-lite0")
     ap.add_argument("--ensemble", default="ensembles/imagenet-lite0.yaml", help="ensemble recipe (YAML)")
     ap.add_argument("--train-csv", help="labelled train list (default <data-root>/train.csv)")
+    ap.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
+                    help="another stage-03 workdir: identical members' descriptors are taken from it, not re-extracted")
     add_recipe_flags(ap, EnsembleConfig)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    neighbours = run_ensemble(cfg, args.data_root, args.workdir, args.train_csv)
+    neighbours = run_ensemble(cfg, args.data_root, args.workdir, args.train_csv, args.reuse_from)
     if not neighbours:
         print(f"rank {cfg.rank} of {cfg.world_size} done; waiting for the other ranks")
     for split, path in neighbours.items():

@@ -233,3 +233,27 @@ def test_members_sharing_an_input_side_are_decoded_once_with_the_same_descriptor
         for split in ("train", "test", "index"):
             got = np.load(tmp_path / "together" / "features" / name / f"{split}.npy")
             assert np.array_equal(got, np.load(tmp_path / f"alone-{name}" / "features" / name / f"{split}.npy"))
+
+
+def test_reuse_from_takes_identical_members_and_extracts_the_others(tiny_competition, tmp_path, monkeypatch):
+    import landmark_kit.ensemble as ensemble
+
+    single, pair = tmp_path / "single.yaml", tmp_path / "pair.yaml"
+    a = "{name: a, backbone: test_efficientnet, image_size: 48"
+    single.write_text(f"members:\n  - {a}}}\nworkers: 0\n")
+    pair.write_text(f"members:\n  - {{name: renamed{a[8:]}, weight: 2.0}}\n"
+                    "  - {name: b, backbone: test_efficientnet, image_size: 48, seed: 3}\nworkers: 0\n")
+    run_ensemble(load_ensemble(single), tiny_competition, tmp_path / "one")
+    extracted = []
+    real = ensemble.describe_split_members
+    monkeypatch.setattr(ensemble, "describe_split_members",
+                        lambda members, *a, **k: extracted.append(len(members)) or real(members, *a, **k))
+    run_ensemble(load_ensemble(pair), tiny_competition, tmp_path / "two", reuse_from=[tmp_path / "one"])
+    assert extracted == [1, 1, 1]  # member b only, once per split
+    for split in ("train", "test", "index"):
+        got = np.load(tmp_path / "two" / "features" / "renamed" / f"{split}.npy")
+        assert np.array_equal(got, np.load(tmp_path / "one" / "features" / "a" / f"{split}.npy"))
+    # a different checkpoint, seed or side is another member: nothing is taken
+    other = tmp_path / "other.yaml"
+    other.write_text(f"members:\n  - {a[:-2]}64}}\nworkers: 0\n")
+    assert ensemble.reuse_features(load_ensemble(other).members, tmp_path / "three", [tmp_path / "one"]) == {}

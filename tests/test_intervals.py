@@ -92,3 +92,28 @@ def test_unknown_solution_ids_are_refused():
     ids, _, _, _, rec, ret = _case()
     with pytest.raises(ValueError, match="not test images"):
         Bootstrap(rec, ret, ids[:-5])
+
+
+def test_submission_files_score_as_the_scorer_reads_them(tmp_path):
+    from landmark_kit.scoring import score_files
+    from landmark_kit.submission import read_solution, write_competition_files, write_submissions
+
+    ids, truth, index_ids, index_labels, _, _ = _case()
+    write_competition_files(tmp_path, pd.DataFrame({"id": ids, "landmark_id": truth}),
+                            pd.DataFrame({"id": index_ids, "landmark_id": index_labels}),
+                            ["Public" if i % 2 else "Private" for i in range(len(ids))])
+    rec, ret = (read_solution(tmp_path / f"{t}_solution.csv") for t in ("recognition", "retrieval"))
+    rng = np.random.default_rng(4)
+    labels = np.where(rng.random(len(ids)) < 0.6, np.maximum(truth, 0), rng.integers(0, 5, len(ids)))
+    labels[::5] = -1
+    scores = rng.random(len(ids))
+    lists = [[index_ids[j] for j in rng.permutation(20)] for _ in ids]
+    rec_csv, ret_csv = write_submissions(tmp_path / "sub", ids, labels, scores, lists, index_ids)
+    boot = Bootstrap(rec, ret, ids, resamples=200, seed=0)
+    gap, mp = boot.submissions(rec_csv, ret_csv)
+    assert gap.value == pytest.approx(score_files(tmp_path / "recognition_solution.csv", rec_csv)["scores"]["All"]["GAP"])
+    assert mp.value == pytest.approx(score_files(tmp_path / "retrieval_solution.csv", ret_csv)["scores"]["All"]["mAP@100"])
+    worse = write_submissions(tmp_path / "worse", ids, np.full(len(ids), -1), scores, [[] for _ in ids], index_ids)
+    worse_gap, worse_map = boot.submissions(*worse)
+    assert worse_gap.value == 0 and worse_map.value == 0
+    assert (gap - worse_gap).wins() and (mp - worse_map).wins()

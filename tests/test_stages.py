@@ -220,3 +220,21 @@ def test_predict_ablate_scores_every_step_and_writes_the_last(trained, tiny_comp
     final = score_files(tiny_competition / "retrieval_solution.csv", out[-1])["scores"]["All"]["mAP@100"]
     assert ret["All"].iloc[-1] == round(final, 4)
     assert rec["queries_per_s"].iloc[3] > 0 and pd.isna(rec["queries_per_s"].iloc[1])
+
+
+def test_frozen_stages_keep_their_weights_and_batchnorm_statistics(tiny_competition, tmp_path):
+    from landmark_kit.train import build_model, seed_everything
+
+    cfg = TrainConfig(model="test_efficientnet", weights=None, epochs=1, image_size=64, batch_size=16,
+                      workers=0, dim=32, freeze_stages=2)
+    trained = torch.load(train(cfg, tiny_competition, tmp_path / "run", progress=False), weights_only=True)
+    seed_everything(cfg.seed)  # the initial weights train() started from
+    initial = build_model(cfg, len(trained["classes"]))[0].state_dict()
+    frozen = ("backbone.conv_stem.", "backbone.bn1.", "backbone.blocks.0.", "backbone.blocks.1.")
+    for key, value in trained["model"].items():
+        if key.startswith(frozen):
+            assert torch.equal(value, initial[key]), key
+    assert not torch.equal(trained["model"]["backbone.blocks.2.0.conv_exp.weight"],
+                           initial["backbone.blocks.2.0.conv_exp.weight"])
+    with pytest.raises(RecipeError, match="whole backbone"):
+        train(TrainConfig(**{**cfg.__dict__, "freeze_stages": 99}), tiny_competition, tmp_path / "all", progress=False)
