@@ -1,0 +1,275 @@
+"""GLDv2 data layer: ids, paths, label CSVs, robust image loading and a torch Dataset over ids.
+
+Everything here follows the Kaggle layout exactly: ``<root>/<split>/a/b/c/<id>.jpg`` with 16-hex-char ids.
+Bad input never crashes a long run silently: CSV problems raise :class:`DataError` naming the file and row,
+unreadable images raise :class:`ImageLoadError` (or are skipped and reported by the Dataset).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .artifacts import atomic_path
+
+SPLITS = ("train", "test", "index")
+_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+MIN_IMAGE_SIDE = 8
+
+
+class DataError(ValueError):
+    """Malformed input data (CSV, id, layout); the message names the file and row."""
+
+
+class ImageLoadError(OSError):
+    """An image that cannot be used; carries the image id and a short reason."""
+
+    def __init__(self, image_id: str, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"image {image_id} ({path}): {reason}")
+        self.image_id = image_id
+        self.path = str(path)
+        self.reason = reason
+
+
+def is_valid_id(image_id: object) -> bool:
+    """True for a GLDv2 image id: exactly 16 lowercase hex characters."""
+    return isinstance(image_id, str) and _ID_RE.match(image_id) is not None
+
+
+def check_id(image_id: object, where: str = "") -> str:
+    """Return ``image_id`` or raise :class:`DataError`; ids become paths, so nothing else gets through."""
+    if not is_valid_id(image_id):
+        raise DataError(f"{where}invalid image id {image_id!r}: expected 16 lowercase hex characters")
+    return image_id  # type: ignore[return-value]
+
+
+def image_path(root: str | os.PathLike, split: str, image_id: str) -> Path:
+    """Kaggle path of an image: ``<root>/<split>/<id[0]>/<id[1]>/<id[2]>/<id>.jpg``."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {SPLITS}")
+    check_id(image_id)
+    return Path(root) / split / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+
+
+def scan_split(root: str | os.PathLike, split: str) -> list[str]:
+    """Sorted ids of all images under ``<root>/<split>``; misplaced or misnamed files raise DataError."""
+    base = Path(root) / split
+    if not base.is_dir():
+        raise DataError(f"split folder not found: {base}")
+    ids: list[str] = []
+    problems: list[str] = []
+    for dirpath, _, files in os.walk(base):
+        rel = Path(dirpath).relative_to(base).parts
+        for name in files:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() != ".jpg":
+                problems.append(f"{Path(dirpath) / name}: not a .jpg file")
+            elif not is_valid_id(stem):
+                problems.append(f"{Path(dirpath) / name}: file name is not a 16-hex-char id")
+            elif tuple(rel) != (stem[0], stem[1], stem[2]):
+                problems.append(f"{Path(dirpath) / name}: expected under {split}/{stem[0]}/{stem[1]}/{stem[2]}/")
+            else:
+                ids.append(stem)
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DataError(f"{len(problems)} unexpected file(s) under {base}:\n  {shown}{more}")
+    return sorted(ids)
+
+
+def _read_csv_str(path: str | os.PathLike) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
+def _parse_labels(values: Iterable[str], path: str | os.PathLike, first_row: int = 2) -> np.ndarray:
+    out = []
+    for row, value in enumerate(values, start=first_row):
+        text = value.strip()
+        if not re.fullmatch(r"-?\d+", text):
+            raise DataError(f"{path}, line {row}: landmark_id {value!r} is not an integer")
+        out.append(int(text))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _check_unique_ids(ids: Sequence[str], path: str | os.PathLike, lines: Sequence[int]) -> None:
+    seen: dict[str, int] = {}
+    for image_id, line in zip(ids, lines):
+        check_id(image_id, f"{path}, line {line}: ")
+        if image_id in seen:
+            raise DataError(f"{path}, line {line}: duplicate id {image_id} (first on line {seen[image_id]})")
+        seen[image_id] = line
+
+
+def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read GLDv2 ``train.csv`` (``id,landmark_id[,url]``) or GLDv2-clean (``landmark_id,images``).
+
+    Returns a frame with columns ``id`` (str) and ``landmark_id`` (int64), one row per image, file order kept.
+    """
+    df = _read_csv_str(path)
+    cols = list(df.columns)
+    if {"id", "landmark_id"} <= set(cols):
+        ids = [s.strip() for s in df["id"]]
+        labels = _parse_labels(df["landmark_id"], path)
+        lines = list(range(2, len(ids) + 2))
+    elif {"landmark_id", "images"} <= set(cols):
+        ids, label_list, lines = [], [], []
+        for line, (label, images) in enumerate(zip(df["landmark_id"], df["images"]), start=2):
+            parsed = _parse_labels([label], path, line)[0]
+            tokens = images.split()
+            if not tokens:
+                raise DataError(f"{path}, line {line}: landmark {parsed} has no images")
+            ids.extend(tokens)
+            label_list.extend([parsed] * len(tokens))
+            lines.extend([line] * len(tokens))
+        labels = np.asarray(label_list, dtype=np.int64)
+    else:
+        raise DataError(f"{path}: expected columns id,landmark_id or landmark_id,images, found {','.join(cols)}")
+    _check_unique_ids(ids, path, lines)
+    return pd.DataFrame({"id": ids, "landmark_id": labels})
+
+
+def write_train_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``id,landmark_id`` atomically."""
+    atomic_write_csv(df[["id", "landmark_id"]], path)
+
+
+def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a CSV through a temporary file and rename it, so a crash never leaves half a file."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def upright_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) after EXIF rotation, from the file header alone; None when unreadable."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap the axes
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if rotated else (width, height)
+
+
+def load_image(path: str | os.PathLike, image_id: str = "?", max_side: int | None = None) -> Image.Image:
+    """Decode any image file into an upright RGB PIL image.
+
+    Handles EXIF orientation, grayscale, palette, CMYK, 16-bit and alpha (composited on white) and
+    content that is not JPEG despite the name (PNG-in-.jpg). With ``max_side`` JPEGs are decoded in
+    draft mode (DCT-domain downscale, ~1.5x faster) to at least that size. Raises :class:`ImageLoadError`
+    for missing, truncated, corrupt, tiny (< 8 px) or decompression-bomb files.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ImageLoadError(image_id, path, f"cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageLoadError(image_id, path, "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if max_side is not None and img.format == "JPEG":
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(image_id, path, f"image too large ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(image_id, path, "not a recognised image format (corrupt file?)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(image_id, path, f"corrupt or truncated image ({exc})") from None
+    if min(img.size) < MIN_IMAGE_SIDE:
+        raise ImageLoadError(image_id, path, f"image too small ({img.size[0]}x{img.size[1]} px)")
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 255.0 / max(float(arr.max()), 1.0)
+        return Image.fromarray((arr * scale).clip(0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One image skipped by a loader, with why."""
+
+    image_id: str
+    reason: str
+
+
+class ImageDataset:
+    """A torch-style map Dataset over image ids of one split.
+
+    Items are ``(tensor_or_array, position)``; an unreadable image yields ``(None, position, reason)``
+    instead of raising, and :func:`collate_skip_bad` drops it and reports it, so a 4M-image pass never
+    dies on one bad file. ``transform`` maps a PIL RGB image to whatever the model needs.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        ids: Sequence[str],
+        transform: Callable[[Image.Image], object] | None = None,
+        max_side: int | None = None,
+    ) -> None:
+        for i, image_id in enumerate(ids):
+            check_id(image_id, f"{split} ids, position {i}: ")
+        self.root = Path(root)
+        self.split = split
+        self.ids = list(ids)
+        self.transform = transform
+        self.max_side = max_side
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def path(self, position: int) -> Path:
+        return image_path(self.root, self.split, self.ids[position])
+
+    def __getitem__(self, position: int):
+        image_id = self.ids[position]
+        try:
+            img = load_image(self.path(position), image_id, self.max_side)
+        except ImageLoadError as exc:
+            return None, position, Failure(image_id, exc.reason)
+        return (self.transform(img) if self.transform else img), position, None
+
+
+def collate_skip_bad(batch):
+    """Collate ``ImageDataset`` items: stack the good ones; returns ``(tensor|None, positions, failures)``."""
+    import torch
+
+    good = [(x, pos) for x, pos, err in batch if err is None]
+    failures = [err for _, _, err in batch if err is not None]
+    positions = torch.as_tensor([pos for _, pos in good], dtype=torch.long)
+    if not good:
+        return None, positions, failures
+    xs = [x for x, _ in good]
+    stacked = torch.stack([torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x for x in xs])
+    return stacked, positions, failures

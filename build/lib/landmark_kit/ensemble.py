@@ -1,0 +1,364 @@
+"""Stage 03: extract global descriptors for every member of an ensemble recipe, concatenate, search.
+
+Run-directory layout (``--workdir``)::
+
+    ensemble.yaml                      the resolved recipe
+    features/<member>/<split>.npy      L2-normalised descriptors (float16 by default, memory-mappable), rows = ids
+    features/<member>/<split>.ids      one image id per line, the row order of the .npy
+    features/<member>/<split>.failed.csv   images skipped as unreadable (id, reason)
+    features/ensemble/<split>.npy      weighted concatenation, re-normalised
+    neighbours/test_train.npz          kNN of test queries among train images (scores, indices)
+    neighbours/test_index.npz          kNN of test queries among index images
+
+Every file is written atomically; a split whose files exist for the same ids and member config is skipped,
+so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .artifacts import atomic_path, write_text
+from .data import atomic_write_csv, read_train_csv, scan_split
+from .extract import DECODE_MODES, describe_split_members
+from .models import Describer, GlobalDescriptor, create_backbone
+from .recipes import RecipeError, load_recipe, save_recipe, to_dict
+from .search import knn
+from .train import load_trained, resolve_device
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "test", "index")
+
+
+@dataclass
+class MemberConfig:
+    """One model of the ensemble: a trained checkpoint, or a backbone used zero-shot (GeM, no training)."""
+
+    name: str
+    checkpoint: str | None = None  # model.pt written by stage 02
+    backbone: str | None = None  # timm name, for a zero-shot member
+    weights: str | None = None  # with backbone: local file or "imagenet-lite"; None = random init (seeded)
+    image_size: int = 224
+    scales: list[float] = field(default_factory=lambda: [1.0])  # TTA: multiples of image_size, averaged
+    flip: bool = False  # TTA: add the horizontally flipped image's descriptor
+    aspect: bool = False  # keep aspect ratios (bucketed batches) instead of square resizes
+    weight: float = 1.0  # multiplies the member's descriptor before concatenation
+    whiten: bool = False  # PCA-whiten this member (learned on the ensemble's whiten_split) before concatenation
+    seed: int = 0
+
+
+@dataclass
+class EnsembleConfig:
+    """The members and how to run them; the list shape is what later issues extend (scales, TTA, PCA)."""
+
+    members: list[MemberConfig] = field(default_factory=list)
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True  # float16 autocast for extraction on CUDA
+    decode: str = "auto"  # JPEGs decoded by: cpu (loader workers), device (nvjpeg), auto (device on CUDA, < 8 workers)
+    k_train: int = 20  # train neighbours kept per test query (recognition, verification shortlists)
+    k_index: int = 100  # index neighbours kept per test query (retrieval)
+    whiten: bool = False  # PCA-whitening of the concatenation, learned on whiten_split, applied to every split
+    whiten_split: str = "index"
+    whiten_dim: int | None = None  # output dimension; default min(D, images in whiten_split - 1)
+    index: str = "Flat"  # faiss: exact "Flat", or a factory string such as "IVF1024,PQ64" for huge indexes
+    nprobe: int = 16  # inverted lists visited per query (IVF indexes)
+    rank: int = 0  # this process extracts images rank, rank + world_size, ... of every split (torchrun, SLURM)
+    world_size: int = 1
+    store_dtype: str = "float16"  # descriptor files: float16 halves disk and page cache (cosine error ~1e-3)
+
+
+def load_ensemble(path: str | os.PathLike | None, overrides: dict | None = None) -> EnsembleConfig:
+    """Read and check an ensemble recipe: at least one member, unique names, checkpoint xor backbone."""
+    cfg = load_recipe(EnsembleConfig, path, overrides)
+    if not cfg.members:
+        raise RecipeError(f"{path}: an ensemble needs at least one member")
+    names = [m.name for m in cfg.members]
+    if len(set(names)) != len(names) or "ensemble" in names:
+        raise RecipeError(f"{path}: member names must be unique and not 'ensemble', found {names}")
+    if cfg.decode not in DECODE_MODES:
+        raise RecipeError(f"{path}: decode must be one of {', '.join(DECODE_MODES)}, found {cfg.decode!r}")
+    for m in cfg.members:
+        if (m.checkpoint is None) == (m.backbone is None):
+            raise RecipeError(f"{path}: member {m.name} needs exactly one of checkpoint or backbone")
+    return cfg
+
+
+def build_member(member: MemberConfig, device: torch.device) -> torch.nn.Module:
+    """The descriptor network of a member, in eval mode, returning L2-normalised rows."""
+    if member.checkpoint is not None:
+        model, _ = load_trained(member.checkpoint, device)
+        return Describer(model).eval()
+    torch.manual_seed(member.seed)
+    return GlobalDescriptor(create_backbone(member.backbone, member.weights)).to(device).eval()
+
+
+def split_ids(data_root: str | os.PathLike, split: str, train_csv: str | os.PathLike | None = None) -> list[str]:
+    """Ids of a split: train from its CSV (the labelled set), test/index by scanning the folder."""
+    if split == "train":
+        return read_train_csv(train_csv or Path(data_root) / "train.csv")["id"].tolist()
+    return scan_split(data_root, split)
+
+
+def load_features(folder: str | os.PathLike, split: str, mmap: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Descriptors and ids of one split from a features folder (memory-mapped by default)."""
+    folder = Path(folder)
+    feats = np.load(folder / f"{split}.npy", mmap_mode="r" if mmap else None)
+    ids = (folder / f"{split}.ids").read_text().split()
+    if len(ids) != len(feats):
+        raise RuntimeError(f"{folder}/{split}: {len(feats)} descriptors but {len(ids)} ids")
+    return feats, ids
+
+
+def save_features(folder: str | os.PathLike, split: str, feats: np.ndarray, ids: list[str],
+                  dtype: str = "float32") -> None:
+    """Write one split's descriptors (.npy of ``dtype``) and their ids, each atomically; :func:`load_features`
+    reads them back (memory-mapped)."""
+    if dtype not in ("float16", "float32"):
+        raise RecipeError(f"store_dtype must be float16 or float32, found {dtype!r}")
+    folder = Path(folder)
+    write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
+    with atomic_path(folder / f"{split}.npy") as tmp:
+        np.save(tmp, np.asarray(feats, dtype=dtype))
+
+
+def member_identity(member: MemberConfig) -> dict:
+    """The member's config plus a digest of its checkpoint: descriptors are reusable only if both match."""
+    # weight and whitening apply at concatenation: changing them re-uses the descriptors
+    identity = {k: v for k, v in to_dict(member).items() if k not in ("weight", "whiten")}
+    if member.checkpoint is not None:
+        path = Path(member.checkpoint)
+        if not path.is_file():
+            raise RecipeError(f"member {member.name}: checkpoint not found: {path}")
+        identity["checkpoint_sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return identity
+
+
+def _is_done(folder: Path, split: str, ids: list[str]) -> bool:
+    """A split is finished when its descriptors exist for exactly these ids (stale members were cleared)."""
+    if not (folder / f"{split}.npy").is_file() or not (folder / f"{split}.ids").is_file():
+        return False
+    return (folder / f"{split}.ids").read_text().split() == ids
+
+
+def _member_folder(member: MemberConfig, workdir) -> Path:
+    """``features/<name>/`` with the member's identity written; descriptors of another identity are removed."""
+    folder = Path(workdir) / "features" / member.name
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = folder / "member.json"
+    identity = member_identity(member)
+    if not meta.is_file() or json.loads(meta.read_text()) != identity:
+        for stale in folder.glob("*.npy"):  # unknown or changed member: old descriptors are not reusable
+            stale.unlink()
+    write_text(meta, json.dumps(identity, indent=2))
+    return folder
+
+
+def reuse_features(members: list[MemberConfig], workdir, sources) -> dict[str, list[str]]:
+    """Hard-link (or copy) finished descriptors from other run directories ``sources`` into ``workdir`` for every
+    member whose identity (config + checkpoint digest, the name aside) matches there, so an ensemble of members
+    already extracted elsewhere costs no extraction. Returns the files taken per member."""
+    def anonymous(identity: dict) -> dict:
+        return {k: v for k, v in identity.items() if k != "name"}
+
+    taken: dict[str, list[str]] = {}
+    for member in members:
+        wanted, dest = anonymous(member_identity(member)), _member_folder(member, workdir)
+        for source in map(Path, sources):
+            for meta in sorted((source / "features").glob("*/member.json")):
+                if meta.parent.resolve() == dest.resolve() or anonymous(json.loads(meta.read_text())) != wanted:
+                    continue
+                folder = meta.parent
+                for split in SPLITS:
+                    ids = (folder / f"{split}.ids").read_text().split() if (folder / f"{split}.ids").is_file() else None
+                    if ids is None or not _is_done(folder, split, ids) or _is_done(dest, split, ids):
+                        continue
+                    for suffix in (".ids", ".failed.csv", ".npy"):
+                        src, out = folder / f"{split}{suffix}", dest / f"{split}{suffix}"
+                        if src.is_file():
+                            out.unlink(missing_ok=True)
+                            try:
+                                os.link(src, out)
+                            except OSError:  # another file system
+                                shutil.copy2(src, out)
+                    taken.setdefault(member.name, []).append(str(folder / f"{split}.npy"))
+    return taken
+
+
+def extract_members(
+    members: list[MemberConfig], cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None,
+    ids_by_split: dict[str, list[str]] | None = None,
+) -> list[Path]:
+    """Extract the members' descriptors for ``splits`` into ``features/<name>/`` (skipping finished splits).
+
+    Members that share an input side (``image_size`` x largest scale) and ``aspect`` are extracted in one pass
+    over the images, each image decoded once for all of them (same descriptors as one at a time).
+    ``ids_by_split``: the splits' ids when the caller has them already (a folder scan of millions of files
+    is not free); read from the data root otherwise."""
+    folders = [_member_folder(m, workdir) for m in members]
+    device, models = resolve_device(cfg.device), {}
+    for split in splits:
+        ids = ids_by_split[split] if ids_by_split else split_ids(data_root, split, train_csv)
+        name, mine = split, ids
+        if cfg.world_size > 1:  # this rank's slice goes to its own part file, merged once all parts exist
+            name, mine = f"{split}.part{cfg.rank:03d}of{cfg.world_size:03d}", ids[cfg.rank:: cfg.world_size]
+        done = {m.name for m, f in zip(members, folders) if _is_done(f, split, ids)}
+        if done:
+            log.info("%s already extracted for %s", split, sorted(done))
+        todo = [(m, f) for m, f in zip(members, folders) if m.name not in done]
+        groups: dict[tuple[int, bool], list[tuple[MemberConfig, Path]]] = {}
+        for m, f in todo:
+            if not _is_done(f, name, mine):
+                groups.setdefault((round(m.image_size * max(m.scales)), m.aspect), []).append((m, f))
+        for (_, aspect), group in groups.items():
+            for m, _ in group:
+                if m.name not in models:
+                    models[m.name] = build_member(m, device)
+            feats, failures = describe_split_members(
+                [(models[m.name], m.image_size, tuple(m.scales), m.flip) for m, _ in group], data_root, split, mine,
+                cfg.batch_size, cfg.workers, str(device), cfg.amp, aspect, cfg.decode)
+            failed = pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"])
+            for (m, folder), member_feats in zip(group, feats):
+                atomic_write_csv(failed, folder / f"{name}.failed.csv")
+                save_features(folder, name, member_feats, mine, cfg.store_dtype)
+        if cfg.world_size > 1:
+            for _, folder in todo:
+                merge_parts(folder, split, ids, cfg.world_size)
+    return folders
+
+
+def extract_member(member: MemberConfig, cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None,
+                   ids_by_split: dict[str, list[str]] | None = None) -> Path:
+    """:func:`extract_members` for one member; returns its features folder."""
+    return extract_members([member], cfg, data_root, workdir, splits, train_csv, ids_by_split)[0]
+
+
+def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bool:
+    """Interleave the ranks' part files back into ``<split>.npy`` (row order of ``ids``) once all exist."""
+    names = [f"{split}.part{r:03d}of{world_size:03d}" for r in range(world_size)]
+    if not all(_is_done(folder, n, ids[r::world_size]) for r, n in enumerate(names)):
+        return False
+    parts = [load_features(folder, n)[0] for n in names]
+    merged = np.empty((len(ids), parts[0].shape[1]), parts[0].dtype)
+    for r, part in enumerate(parts):
+        merged[r::world_size] = part
+    save_features(folder, split, merged, ids, str(parts[0].dtype))
+    failed = [pd.read_csv(folder / f"{n}.failed.csv", dtype=str) for n in names]
+    atomic_write_csv(pd.concat(failed, ignore_index=True), folder / f"{split}.failed.csv")
+    for n in names:
+        for suffix in (".npy", ".ids", ".failed.csv"):
+            (folder / f"{n}{suffix}").unlink(missing_ok=True)
+    return True
+
+
+def joined_features(members: list[MemberConfig], workdir, split: str, whiten_split: str = "index",
+                    whitenings: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Weighted concatenation of the members' descriptors of one split, L2-normalised; members with
+    ``whiten`` are PCA-whitened first, as learned on their ``whiten_split`` descriptors. ``whitenings``: a
+    dict the caller keeps across calls (same ``whiten_split``), so each member's whitening is fitted once."""
+    whitenings = {} if whitenings is None else whitenings
+    parts, ids = [], None
+    for m in members:
+        folder = Path(workdir) / "features" / m.name
+        feats, member_ids = load_features(folder, split)
+        if ids is not None and member_ids != ids:
+            raise RuntimeError(f"member {m.name} has different {split} ids from the others")
+        ids = member_ids
+        feats = np.asarray(feats, dtype=np.float32)
+        if m.whiten:
+            if m.name not in whitenings:
+                whitenings[m.name] = fit_whitening(np.asarray(load_features(folder, whiten_split)[0], np.float32))
+            feats = apply_whitening(feats, whitenings[m.name])
+        parts.append(m.weight * feats)
+    joined = np.concatenate(parts, axis=1)
+    return joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12), ids
+
+
+def fit_whitening(feats: np.ndarray, dim: int | None = None, shrink: float = 1e-3) -> dict[str, np.ndarray]:
+    """PCA-whitening (mean, projection) learned on ``feats``: the top ``dim`` principal directions scaled by
+    1 / sqrt(eigenvalue); ``shrink`` x the mean eigenvalue is added first so near-null directions stay tame."""
+    dim = min(dim or feats.shape[1], feats.shape[1], max(len(feats) - 1, 1))
+    mean = feats.mean(axis=0)
+    centred = (feats - mean).astype(np.float64)
+    values, vectors = np.linalg.eigh(centred.T @ centred / max(len(feats) - 1, 1))
+    order = np.argsort(values)[::-1][:dim]
+    values = values[order] + shrink * max(values.mean(), 1e-12)
+    return {"mean": mean.astype(np.float32), "projection": (vectors[:, order] / np.sqrt(values)).astype(np.float32)}
+
+
+def apply_whitening(feats: np.ndarray, whitening: dict[str, np.ndarray]) -> np.ndarray:
+    out = (np.asarray(feats, np.float32) - whitening["mean"]) @ whitening["projection"]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def concatenate(members: list[MemberConfig], workdir, splits=SPLITS, dtype: str = "float32",
+                whiten_split: str | None = None, whiten_dim: int | None = None,
+                member_whiten_split: str = "index") -> Path:
+    """Weighted concatenation of member descriptors, re-normalised, into ``features/ensemble/``; with
+    ``whiten_split`` PCA-whitened as learned on that split (saved as ``whitening.npz``). Members with their
+    own ``whiten`` are whitened before concatenation (on ``whiten_split``, default index)."""
+    out = Path(workdir) / "features" / "ensemble"
+    out.mkdir(parents=True, exist_ok=True)
+    whitening, member_whitenings = None, {}
+    if whiten_split is not None:
+        whitening = fit_whitening(joined_features(members, workdir, whiten_split, member_whiten_split,
+                                                  member_whitenings)[0], whiten_dim)
+        with atomic_path(out / "whitening.npz") as tmp:
+            np.savez(tmp, **whitening)
+    for split in splits:
+        joined, ids = joined_features(members, workdir, split, member_whiten_split, member_whitenings)
+        if whitening is not None:
+            joined = apply_whitening(joined, whitening)
+        save_features(out, split, joined, ids, dtype)
+    return out
+
+
+def search_neighbours(workdir, k_train: int, k_index: int, index: str = "Flat", nprobe: int = 16) -> dict[str, Path]:
+    """kNN of test descriptors among train and index descriptors, saved as ``neighbours/*.npz``."""
+    feats = Path(workdir) / "features" / "ensemble"
+    out = Path(workdir) / "neighbours"
+    out.mkdir(parents=True, exist_ok=True)
+    test, _ = load_features(feats, "test", mmap=False)
+    paths = {}
+    for db_split, k in (("train", k_train), ("index", k_index)):
+        db, _ = load_features(feats, db_split)
+        scores, indices = knn(test, db, min(k, len(db)), index=index, nprobe=nprobe)
+        path = out / f"test_{db_split}.npz"
+        with atomic_path(path) as tmp:
+            np.savez(tmp, scores=scores, indices=indices)
+        paths[db_split] = path
+    return paths
+
+
+def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None, reuse_from=()) -> dict[str, Path]:
+    """The whole stage: extract every member, concatenate, search; returns the neighbour files.
+    ``reuse_from``: other run directories whose descriptors of identical members are taken instead of
+    re-extracted (:func:`reuse_features`).
+
+    With ``world_size`` > 1 each rank extracts its slice; a rank that finds other ranks' parts still missing
+    returns ``{}``, and the last one to finish merges, concatenates and searches.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_recipe(cfg, workdir / "ensemble.yaml")
+    for name, files in reuse_features(cfg.members, workdir, reuse_from).items():
+        log.info("member %s: descriptors taken from %s", name, ", ".join(files))
+    ids = {split: split_ids(data_root, split, train_csv) for split in SPLITS}  # once for every member
+    extract_members(cfg.members, cfg, data_root, workdir, train_csv=train_csv, ids_by_split=ids)
+    if not all(_is_done(workdir / "features" / m.name, split, ids[split]) for m in cfg.members for split in SPLITS):
+        log.info("rank %d of %d done; the last rank to finish concatenates and searches", cfg.rank, cfg.world_size)
+        return {}
+    concatenate(cfg.members, workdir, dtype=cfg.store_dtype, whiten_split=cfg.whiten_split if cfg.whiten else None,
+                whiten_dim=cfg.whiten_dim, member_whiten_split=cfg.whiten_split)
+    return search_neighbours(workdir, cfg.k_train, cfg.k_index, cfg.index, cfg.nprobe)

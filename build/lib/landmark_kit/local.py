@@ -1,0 +1,311 @@
+"""Local features with one interface: keypoints ``(N, 4)`` = x, y, scale, angle and descriptors ``(N, D)``.
+
+Backends: ``rootsift`` (OpenCV SIFT + RootSIFT, optionally ASIFT; no training, the default),
+``kornia-sift`` (kornia's SIFT on GPU tensors when CUDA is present) and ``delg`` (the learned attention +
+autoencoder head of a ``02_train.py`` checkpoint trained with ``local_head: true``). Features of a split are cached in shards
+of ``shard_size`` images (``<dir>/<split>/shard_00000.npz``), each written atomically: a killed run loses at
+most one shard of work and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .artifacts import atomic_path, write_text
+from .recipes import config_digest
+from .data import ImageDataset
+
+log = logging.getLogger(__name__)
+BACKENDS = ("rootsift", "kornia-sift", "delg")
+
+
+@dataclass
+class LocalConfig:
+    """Which local features, how many, at what resolution."""
+
+    backend: str = "rootsift"
+    max_keypoints: int = 1000
+    contrast_threshold: float = 0.04  # OpenCV SIFT's; lower finds more keypoints on small or flat images
+    max_side: int = 800  # images are downscaled so their long side is at most this
+    affine_tilts: int = 0  # > 0: ASIFT (OpenCV AffineFeature) simulating this many tilts; survives grazing views
+    shard_size: int = 256
+    workers: int = 2
+    device: str = "auto"  # kornia-sift and delg
+    checkpoint: str | None = None  # delg: model.pt of a run trained with local_head: true
+    scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)  # delg: image pyramid
+
+    def cache_key(self) -> dict:
+        """The settings that change this backend's features (runtime knobs and other backends' options left
+        out, so adding an option elsewhere keeps existing caches valid); a delg checkpoint by content."""
+        key = {"backend": self.backend, "max_keypoints": self.max_keypoints, "max_side": self.max_side}
+        if self.backend == "rootsift":
+            key["contrast_threshold"] = self.contrast_threshold
+            if self.affine_tilts:
+                key["affine_tilts"] = self.affine_tilts
+        elif self.backend == "delg":
+            if not self.checkpoint or not Path(self.checkpoint).is_file():
+                raise ValueError(f"the delg backend needs local.checkpoint = a model.pt trained with local_head: "
+                                 f"true (got {self.checkpoint!r})")
+            key["scales"] = list(self.scales)
+            key["checkpoint_sha1"] = hashlib.sha1(Path(self.checkpoint).read_bytes()).hexdigest()
+        return key
+
+
+@dataclass
+class Features:
+    """Local features of one image; ``size`` is (width, height) of the image they were extracted from."""
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    size: tuple[int, int]
+
+    @classmethod
+    def empty(cls, dim: int = 128, size: tuple[int, int] = (0, 0)) -> "Features":
+        """No keypoints: a featureless or unreadable image (it verifies against nothing)."""
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0, dim), np.float32), size)
+
+
+def _grey(img: Image.Image, max_side: int) -> np.ndarray:
+    grey = np.asarray(img.convert("L"))
+    scale = max_side / max(grey.shape)
+    if scale < 1:
+        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return grey
+
+
+def rootsift(
+    img: Image.Image, max_keypoints: int = 1000, max_side: int = 800, contrast_threshold: float = 0.04,
+    affine_tilts: int = 0,
+) -> Features:
+    """OpenCV SIFT keypoints with RootSIFT descriptors (L1-normalise, square root: Hellinger kernel).
+
+    With ``affine_tilts`` the detector runs on affine-warped copies of the image (ASIFT, OpenCV's
+    AffineFeature), which finds matches between views 50-70 degrees apart; the strongest ``max_keypoints``
+    of all copies are kept.
+    """
+    grey = _grey(img, max_side)
+    if affine_tilts > 0:
+        sift = cv2.AffineFeature_create(cv2.SIFT_create(contrastThreshold=contrast_threshold), maxTilt=affine_tilts)
+    else:
+        sift = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=contrast_threshold)
+    kps, desc = sift.detectAndCompute(grey, None)
+    if desc is None or not kps:
+        return Features.empty(size=(grey.shape[1], grey.shape[0]))
+    order = np.argsort([-k.response for k in kps], kind="stable")[:max_keypoints]  # OpenCV may return ties
+    desc = desc[order]
+    desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    kp = np.array([(kps[i].pt[0], kps[i].pt[1], kps[i].size, kps[i].angle) for i in order], np.float32)
+    return Features(kp, desc, (grey.shape[1], grey.shape[0]))
+
+
+class RootSiftTransform:
+    """Picklable Dataset transform: PIL image -> Features (runs inside DataLoader workers)."""
+
+    def __init__(self, cfg: LocalConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, img: Image.Image) -> Features:
+        return rootsift(img, self.cfg.max_keypoints, self.cfg.max_side, self.cfg.contrast_threshold,
+                        self.cfg.affine_tilts)
+
+
+def kornia_sift_batch(images: list[np.ndarray], max_keypoints: int, device: str) -> list[Features]:
+    """kornia SIFT (scale pyramid, orientation, SIFT descriptor with RootSIFT) on grey images, one image
+    at a time on ``device`` (kornia's detector takes a batch of one size; photos differ in size)."""
+    import kornia.feature as KF
+    import torch
+
+    detector = KF.SIFTFeature(num_features=max_keypoints, upright=False, rootsift=True, device=torch.device(device))
+    out = []
+    with torch.inference_mode():
+        for grey in images:
+            t = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32) / 255)[None, None].to(device)
+            lafs, _, desc = detector(t)
+            centre = KF.get_laf_center(lafs)[0]
+            scale = KF.get_laf_scale(lafs)[0].reshape(-1, 1)
+            angle = KF.get_laf_orientation(lafs)[0].reshape(-1, 1)
+            kp = torch.cat([centre, scale, angle], dim=1).cpu().numpy().astype(np.float32)
+            out.append(Features(kp, desc[0].cpu().numpy().astype(np.float32), (grey.shape[1], grey.shape[0])))
+    return out
+
+
+class FeatureStore:
+    """Sharded, resumable cache of local features for one split; read back by image id."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard_*.npz"))
+
+    def done_ids(self) -> set[str]:
+        done: set[str] = set()
+        for shard in self.shards():
+            with np.load(shard) as z:
+                done.update(z["ids"].tolist())
+        return done
+
+    def write_shard(self, ids: list[str], feats: list[Features]) -> Path:
+        """One shard: concatenated keypoints/descriptors with per-image offsets, written atomically."""
+        index = len(self.shards())
+        path = self.folder / f"shard_{index:05d}.npz"
+        counts = np.array([len(f.keypoints) for f in feats], np.int64)
+        with atomic_path(path) as tmp:
+            np.savez(
+                tmp,
+                ids=np.array(ids),
+                offsets=np.concatenate([[0], np.cumsum(counts)]),
+                keypoints=np.concatenate([f.keypoints for f in feats]) if feats else np.zeros((0, 4), np.float32),
+                descriptors=(np.concatenate([f.descriptors for f in feats]) if feats
+                             else np.zeros((0, 128), np.float32)).astype(np.float16),
+                sizes=np.array([f.size for f in feats], np.int32).reshape(-1, 2),
+            )
+        return path
+
+    @contextmanager
+    def writer(self, shard_size: int):
+        """``add(image_id, features)`` buffers; a shard is written every ``shard_size`` images and at exit."""
+        ids: list[str] = []
+        feats: list[Features] = []
+
+        def add(image_id: str, features: Features) -> None:
+            ids.append(image_id)
+            feats.append(features)
+            if len(feats) >= shard_size:
+                self.write_shard(ids, feats)
+                ids.clear()
+                feats.clear()
+
+        yield add
+        if feats:
+            self.write_shard(ids, feats)
+
+    def load_all(self) -> dict[str, Features]:
+        """Every image of the split in memory (fine up to ~1e5 images; shard-wise access beyond)."""
+        out: dict[str, Features] = {}
+        for shard in self.shards():
+            out.update(_read_shard(str(shard)))
+        return out
+
+
+@lru_cache(maxsize=8)
+def _read_shard(path: str) -> dict[str, Features]:
+    with np.load(path) as z:
+        ids, offsets, kp, desc, sizes = z["ids"], z["offsets"], z["keypoints"], z["descriptors"], z["sizes"]
+        return {
+            str(i): Features(kp[offsets[n]: offsets[n + 1]], desc[offsets[n]: offsets[n + 1]].astype(np.float32),
+                             tuple(int(v) for v in sizes[n]))
+            for n, i in enumerate(ids)
+        }
+
+
+def extract_local(
+    cfg: LocalConfig, data_root, split: str, ids: Iterable[str], out_dir, progress: bool = True
+) -> FeatureStore:
+    """Extract (or finish extracting) local features of ``ids`` into ``out_dir/<backend>-<digest>/<split>/``.
+
+    The folder is named by the digest of :meth:`LocalConfig.cache_key`: changing a setting that changes the
+    features starts a fresh cache.
+    """
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"unknown local-feature backend {cfg.backend!r}; choose one of {BACKENDS}")
+    if cfg.backend == "kornia-sift" and cfg.affine_tilts:
+        raise ValueError("affine_tilts (ASIFT) is a rootsift option; kornia-sift has no affine simulation")
+    keyed = cfg.cache_key()
+    store = FeatureStore(Path(out_dir) / f"{cfg.backend}-{config_digest(keyed)}" / split)
+    write_text(store.folder.parent / "config.json", json.dumps(keyed, indent=2))
+    done = store.done_ids()
+    todo = [i for i in ids if i not in done]
+    if not todo:
+        return store
+    if cfg.backend == "kornia-sift":
+        return _extract_kornia(cfg, data_root, split, todo, store, progress)
+    if cfg.backend == "delg":
+        return _extract_delg(cfg, data_root, split, todo, store, progress)
+    dataset = ImageDataset(data_root, split, todo, RootSiftTransform(cfg), max_side=cfg.max_side)
+    loader = DataLoader(dataset, batch_size=16, num_workers=cfg.workers, collate_fn=list)
+    with tqdm(total=len(todo), desc=f"local features {split}", unit="img", disable=not progress) as bar, \
+            store.writer(cfg.shard_size) as add:
+        for batch in loader:
+            for feats, position, failure in batch:
+                if failure is not None:
+                    log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
+                    feats = Features.empty()
+                add(todo[position], feats)
+            bar.update(len(batch))
+    return store
+
+
+class TensorTransform:
+    """Picklable Dataset transform: PIL image -> normalised ``(3, H, W)`` tensor, long side at most ``max_side``."""
+
+    def __init__(self, max_side: int, mean, std) -> None:
+        self.max_side, self.mean, self.std = max_side, mean, std
+
+    def __call__(self, img: Image.Image):
+        import torchvision.transforms.functional as TF
+
+        scale = self.max_side / max(img.size)
+        if scale < 1:
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+        return TF.normalize(TF.to_tensor(img), self.mean, self.std)
+
+
+def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress) -> FeatureStore:
+    """DELG keypoints/descriptors: DataLoader workers decode, the model runs one image (all scales) at a time."""
+    from .delg import extract_delg
+    from .models import input_normalisation
+    from .train import load_trained, resolve_device
+
+    device = str(resolve_device(cfg.device))
+    model, _ = load_trained(cfg.checkpoint, device)
+    if model.local is None:
+        raise ValueError(f"{cfg.checkpoint} has no local head; train it with local_head: true")
+    dataset = ImageDataset(data_root, split, todo, TensorTransform(cfg.max_side, *input_normalisation(model.backbone)),
+                           max_side=cfg.max_side)
+    loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers, pin_memory=device == "cuda")
+    dim = model.local.encoder.out_channels
+    with store.writer(cfg.shard_size) as add:
+        for image, position, failure in tqdm(loader, desc=f"delg {split}", unit="img", disable=not progress):
+            if failure is not None:
+                log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
+                add(todo[position], Features.empty(dim))
+                continue
+            kp, desc = extract_delg(model.backbone, model.local, model.local_level, image[None].to(device),
+                                    cfg.scales, cfg.max_keypoints)
+            add(todo[position], Features(kp, desc, (image.shape[2], image.shape[1])))
+    return store
+
+
+def _extract_kornia(cfg: LocalConfig, data_root, split, todo, store, progress) -> FeatureStore:
+    from .data import ImageLoadError, image_path, load_image
+    from .train import resolve_device
+
+    device = str(resolve_device(cfg.device))
+    for start in tqdm(range(0, len(todo), cfg.shard_size), desc=f"kornia sift {split}", disable=not progress):
+        chunk = todo[start: start + cfg.shard_size]
+        greys = []
+        for image_id in chunk:
+            try:
+                greys.append(_grey(load_image(image_path(data_root, split, image_id), image_id, cfg.max_side),
+                                   cfg.max_side))
+            except ImageLoadError as exc:
+                log.warning("skipped %s image %s: %s", split, image_id, exc.reason)
+                greys.append(np.zeros((16, 16), np.uint8))
+        store.write_shard(chunk, kornia_sift_batch(greys, cfg.max_keypoints, device))
+    return store

@@ -1,0 +1,166 @@
+"""Typed recipes: small dataclasses read from / written to YAML, with unknown keys and wrong types refused.
+
+A recipe file holds only what differs from the defaults; the full resolved config is saved next to every
+artifact it produced, so a run can be reproduced from its own folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .artifacts import write_text
+
+T = TypeVar("T")
+
+
+class RecipeError(ValueError):
+    """A recipe that does not fit its dataclass; the message names the file and the key."""
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except RecipeError as exc:
+                errors.append(str(exc))
+        raise RecipeError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping for {hint.__name__}, found {value!r}")
+        return from_dict(hint, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, found {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise RecipeError(f"{where}: expected {len(args)} values, found {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, found {value!r}")
+        return {k: _coerce(v, args[1] if args else Any, f"{where}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise RecipeError(f"{where}: expected int, found {value!r}")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise RecipeError(f"{where}: expected {hint.__name__}, found {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "recipe") -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; {cls.__name__} has {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-able structure of a (nested) dataclass."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def load_recipe(cls: type[T], path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> T:
+    """Defaults of ``cls``, updated by the YAML file at ``path`` (if any), then by ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise RecipeError(f"recipe not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise RecipeError(f"{path}: expected a mapping at the top level")
+        data.update(loaded)
+    data.update(overrides or {})
+    return from_dict(cls, data, str(path) if path else cls.__name__)
+
+
+def config_digest(obj: Any, length: int = 10) -> str:
+    """Short stable hash of a config: names cache folders, so a changed config never reuses stale results."""
+    import hashlib
+
+    text = yaml.safe_dump(to_dict(obj), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+def save_recipe(obj: Any, path: str | os.PathLike) -> Path:
+    """Write the full resolved config as YAML, atomically."""
+    return write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def _parse_flag(text: str, hint: Any) -> Any:
+    """A command-line string as the field's type; ``none`` gives None for optional fields."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if text.lower() == "none" and type(None) in typing.get_args(hint):
+        return None
+    base = args[0]
+    if base is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected true/false, found {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    return base(text) if base in (int, float, str) else text
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser, cls: type, only: set[str] | None = None) -> None:
+    """One ``--field-name`` flag per scalar field of ``cls``; flags not given stay out of the namespace."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (list, tuple, dict) or dataclasses.is_dataclass(hint):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
+                            type=lambda text, h=hint: _parse_flag(text, h), help=f"(default {default!r})")
+
+
+def flag_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The recipe fields given on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def launcher_rank(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` plus ``rank`` / ``world_size`` from torchrun's (or any launcher's) RANK / WORLD_SIZE
+    environment variables, where no flag set them."""
+    out = dict(overrides)
+    for env, key in (("RANK", "rank"), ("WORLD_SIZE", "world_size")):
+        if key not in out and env in os.environ:
+            out[key] = int(os.environ[env])
+    return out

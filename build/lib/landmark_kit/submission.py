@@ -1,0 +1,364 @@
+"""Kaggle submission and solution CSVs: write, read (strictly, naming the line of every problem), validate.
+
+Recognition: ``id,landmarks`` with ``"<label> <score>"`` or empty. Retrieval: ``id,images`` with at most 100
+space-separated index ids. Solutions add ``Usage`` (Public / Private / Ignored).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import atomic_path
+from .data import DataError, is_valid_id
+
+RECOGNITION = "recognition"
+RETRIEVAL = "retrieval"
+HEADERS = {RECOGNITION: ["id", "landmarks"], RETRIEVAL: ["id", "images"]}
+MAX_RETRIEVED = 100
+USAGES = ("Public", "Private", "Ignored")
+
+
+def _atomic_rows(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(path)
+
+
+def format_score(score: float) -> str:
+    """Shortest text that reads back as the same float, so ties and order survive the round trip."""
+    return repr(float(score))
+
+
+def write_recognition(
+    path: str | os.PathLike, ids: Sequence[str], labels: Sequence[int | None], scores: Sequence[float]
+) -> Path:
+    """Write a recognition submission atomically; a label of None (or < 0) writes an empty prediction."""
+    rows = []
+    for image_id, label, score in zip(ids, labels, scores, strict=True):
+        if label is None or int(label) < 0:
+            rows.append((image_id, ""))
+        else:
+            rows.append((image_id, f"{int(label)} {format_score(score)}"))
+    return _atomic_rows(path, HEADERS[RECOGNITION], rows)
+
+
+def write_retrieval(path: str | os.PathLike, ids: Sequence[str], retrieved: Sequence[Sequence[str]]) -> Path:
+    """Write a retrieval submission atomically; each list is cut to the first 100 ids."""
+    rows = [(q, " ".join(list(r)[:MAX_RETRIEVED])) for q, r in zip(ids, retrieved, strict=True)]
+    return _atomic_rows(path, HEADERS[RETRIEVAL], rows)
+
+
+def _read_rows(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    if not rows:
+        raise DataError(f"{path}: empty file, expected a header line")
+    return [h.strip() for h in rows[0]], rows[1:]
+
+
+def _read_header(path: str | os.PathLike) -> list[str]:
+    try:
+        with open(path, newline="") as fh:
+            first = next(csv.reader(fh), None)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    if first is None:
+        raise DataError(f"{path}: empty file, expected a header line")
+    return [h.strip() for h in first]
+
+
+def detect_track(path: str | os.PathLike) -> str:
+    """``recognition`` or ``retrieval`` from the header of a submission or solution file."""
+    header = _read_header(path)
+    if len(header) >= 2 and header[1] == "landmarks":
+        return RECOGNITION
+    if len(header) >= 2 and header[1] == "images":
+        return RETRIEVAL
+    raise DataError(f"{path}: header {','.join(header)!r} is neither id,landmarks nor id,images")
+
+
+def parse_recognition_field(text: str) -> tuple[int, float] | None:
+    """``"<label> <score>"`` -> (label, score); empty -> None; anything else raises ValueError."""
+    tokens = text.split(" ")
+    if tokens and tokens[-1] == "":
+        tokens = tokens[:-1]
+    if not tokens:
+        return None
+    if len(tokens) != 2:
+        raise ValueError(f"expected '<label> <score>', found {len(tokens)} token(s) in {text!r}")
+    try:
+        label = int(tokens[0])
+    except ValueError:
+        raise ValueError(f"label {tokens[0]!r} is not an integer") from None
+    try:
+        score = float(tokens[1])
+    except ValueError:
+        raise ValueError(f"score {tokens[1]!r} is not a number") from None
+    if math.isnan(score):
+        raise ValueError("score is NaN")
+    return label, score
+
+
+def read_recognition(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a recognition submission into ``id, landmark_id, score`` (rows without prediction dropped).
+
+    Raises DataError naming the line for a wrong header, malformed prediction or repeated id.
+    """
+    header, rows = _read_rows(path)
+    if header[:2] != HEADERS[RECOGNITION]:
+        raise DataError(f"{path}: header must be id,landmarks, found {','.join(header)}")
+    ids, labels, scores, seen = [], [], [], set()
+    for line, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        image_id = row[0]
+        if image_id in seen:
+            raise DataError(f"{path}, line {line}: id {image_id} is repeated")
+        seen.add(image_id)
+        try:
+            parsed = parse_recognition_field(row[1] if len(row) > 1 else "")
+        except ValueError as exc:
+            raise DataError(f"{path}, line {line} (id {image_id}): {exc}") from None
+        if parsed is not None:
+            ids.append(image_id)
+            labels.append(parsed[0])
+            scores.append(parsed[1])
+    return pd.DataFrame(
+        {"id": ids, "landmark_id": np.asarray(labels, dtype=np.int64), "score": np.asarray(scores, dtype=float)}
+    )
+
+
+def read_retrieval(path: str | os.PathLike) -> dict[str, str]:
+    """Read a retrieval submission into ``{query id: raw space-separated index ids}`` (empty rows kept).
+
+    Uses pandas' C parser (a 120k x 100 file is ~200 MB); blank lines are kept so line numbers stay exact.
+    """
+    header = _read_header(path)
+    if header[:2] != HEADERS[RETRIEVAL]:
+        raise DataError(f"{path}: header must be id,images, found {','.join(header)}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, usecols=[0, 1])
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    ids = df.iloc[:, 0]
+    repeated = ids.duplicated() & (ids != "")
+    if repeated.any():
+        row = int(np.flatnonzero(repeated.to_numpy())[0])
+        raise DataError(f"{path}, line {row + 2}: id {ids.iloc[row]} is repeated")
+    keep = (ids != "").to_numpy()
+    return dict(zip(ids[keep].tolist(), df.iloc[:, 1][keep].tolist()))
+
+
+@dataclass
+class Solution:
+    """Ground truth of one track, split by Usage. Recognition values are label lists, retrieval id lists."""
+
+    track: str
+    public: dict[str, list] = field(default_factory=dict)
+    private: dict[str, list] = field(default_factory=dict)
+    ignored: set[str] = field(default_factory=set)
+
+    @property
+    def all(self) -> dict[str, list]:
+        return {**self.public, **self.private}
+
+    @property
+    def ids(self) -> set[str]:
+        return set(self.public) | set(self.private) | self.ignored
+
+
+def read_solution(path: str | os.PathLike) -> Solution:
+    """Read a solution CSV (``id,landmarks,Usage`` or ``id,images,Usage``)."""
+    track = detect_track(path)
+    header, rows = _read_rows(path)
+    if len(header) < 3 or header[2] != "Usage":
+        raise DataError(f"{path}: solution needs a third column Usage, found {','.join(header)}")
+    sol = Solution(track)
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        if len(row) < 3:
+            raise DataError(f"{path}, line {line}: expected 3 fields, found {len(row)}")
+        image_id, value, usage = row[0], row[1], row[2]
+        if image_id in seen:
+            raise DataError(f"{path}, line {line}: id {image_id} is repeated")
+        seen.add(image_id)
+        if usage == "Ignored":
+            sol.ignored.add(image_id)
+            continue
+        if usage not in USAGES:
+            raise DataError(f"{path}, line {line}: Usage {usage!r} is not Public, Private or Ignored")
+        tokens = value.split()
+        if track == RECOGNITION:
+            try:
+                gt = [int(t) for t in tokens]
+            except ValueError:
+                raise DataError(f"{path}, line {line}: landmarks {value!r} are not integers") from None
+        else:
+            gt = tokens
+        (sol.public if usage == "Public" else sol.private)[image_id] = gt
+    return sol
+
+
+def _errors_summary(path: str | os.PathLike, errors: list[str], limit: int = 30) -> list[str]:
+    if len(errors) > limit:
+        return errors[:limit] + [f"{path}: ... and {len(errors) - limit} more problem(s)"]
+    return errors
+
+
+def validate_submission(
+    path: str | os.PathLike,
+    test_ids: Iterable[str],
+    index_ids: Iterable[str] | None = None,
+    known_labels: Iterable[int] | None = None,
+) -> list[str]:
+    """Every problem in a submission, each naming its line; an empty list means it is valid.
+
+    Checks the header, that every test id appears exactly once and no other id does, the
+    ``"<label> <score>"`` format (and labels known, if given), and for retrieval at most 100 known index
+    ids per row with no duplicates or empty tokens.
+    """
+    try:
+        track = detect_track(path)
+        header, rows = _read_rows(path)
+    except DataError as exc:
+        return [str(exc)]
+    errors: list[str] = []
+    if header != HEADERS[track]:
+        errors.append(f"{path}, line 1: header must be exactly {','.join(HEADERS[track])}")
+    expected = set(test_ids)
+    index_set = set(index_ids) if index_ids is not None else None
+    label_set = set(known_labels) if known_labels is not None else None
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        where = f"{path}, line {line}"
+        if len(row) != 2:
+            errors.append(f"{where}: expected 2 fields, found {len(row)}")
+            continue
+        image_id, value = row
+        if image_id in seen:
+            errors.append(f"{where}: id {image_id} already on line {seen[image_id]}")
+            continue
+        seen[image_id] = line
+        if image_id not in expected:
+            errors.append(f"{where}: id {image_id!r} is not a test image")
+            continue
+        if track == RECOGNITION:
+            try:
+                parsed = parse_recognition_field(value)
+            except ValueError as exc:
+                errors.append(f"{where} (id {image_id}): {exc}")
+                continue
+            if parsed and label_set is not None and parsed[0] not in label_set:
+                errors.append(f"{where} (id {image_id}): label {parsed[0]} is not a train landmark")
+        else:
+            errors.extend(_retrieval_row_errors(where, image_id, value, index_set))
+    missing = sorted(expected - set(seen))
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        errors.append(f"{path}: {len(missing)} test id(s) missing: {shown}")
+    return _errors_summary(path, errors)
+
+
+def _retrieval_row_errors(where: str, query: str, value: str, index_set: set[str] | None) -> list[str]:
+    if not value:
+        return []
+    tokens = value.split(" ")
+    errors = []
+    if len(tokens) > MAX_RETRIEVED:
+        errors.append(f"{where} (id {query}): {len(tokens)} images, at most {MAX_RETRIEVED} allowed")
+    if any(t == "" for t in tokens):
+        errors.append(f"{where} (id {query}): empty token (double or trailing space)")
+    if len(set(tokens)) != len(tokens):
+        errors.append(f"{where} (id {query}): repeated index id")
+    bad = [t for t in tokens if t and not is_valid_id(t)]
+    if bad:
+        errors.append(f"{where} (id {query}): malformed index id {bad[0]!r}")
+    elif index_set is not None:
+        unknown = [t for t in tokens if t and t not in index_set]
+        if unknown:
+            errors.append(f"{where} (id {query}): {len(unknown)} unknown index id(s), e.g. {unknown[0]}")
+    return errors
+
+
+def validate_against(
+    path: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    solution_path: str | os.PathLike | None = None,
+    train_csv: str | os.PathLike | None = None,
+) -> list[str]:
+    """Validate with test/index ids from a Kaggle folder (preferred) or test ids from a solution CSV."""
+    from .data import read_train_csv, scan_split
+
+    if data_root is None and solution_path is None:
+        raise DataError("validation needs --data-root or --solution to know the test ids")
+    index_ids = None
+    if data_root is not None:
+        test_ids = scan_split(data_root, "test")
+        if detect_track(path) == RETRIEVAL:
+            index_ids = scan_split(data_root, "index")
+    else:
+        test_ids = read_solution(solution_path).ids
+    labels = read_train_csv(train_csv)["landmark_id"].unique().tolist() if train_csv else None
+    return validate_submission(path, test_ids, index_ids, labels)
+
+
+def write_submissions(
+    out_dir: str | os.PathLike,
+    test_ids: Sequence[str],
+    labels: Sequence[int | None],
+    scores: Sequence[float],
+    retrieved: Sequence[Sequence[str]],
+    index_ids: Sequence[str],
+) -> tuple[Path, Path]:
+    """Write ``recognition.csv`` and ``retrieval.csv`` into ``out_dir`` and validate both (raises if invalid)."""
+    out_dir = Path(out_dir)
+    rec = write_recognition(out_dir / "recognition.csv", test_ids, labels, scores)
+    ret = write_retrieval(out_dir / "retrieval.csv", test_ids, retrieved)
+    errors = validate_submission(rec, test_ids) + validate_submission(ret, test_ids, index_ids)
+    if errors:
+        raise RuntimeError("invalid submission written:\n" + "\n".join(errors))
+    return rec, ret
+
+
+def write_competition_files(
+    out: str | os.PathLike, test: pd.DataFrame, index: pd.DataFrame, usage: Sequence[str]
+) -> None:
+    """Solutions and sample submissions of a competition folder from its ground truth.
+
+    ``test`` and ``index`` have columns ``id`` and ``landmark_id`` (-1 = no landmark); ``usage`` is Public or
+    Private per test row. A test image's retrieval ground truth is the index images of its landmark;
+    queries with none are Ignored, as in the GLDv2 retrieval solution.
+    """
+    from .data import atomic_write_csv
+
+    out = Path(out)
+    ids = test["id"].tolist()
+    labels = test["landmark_id"].tolist()
+    atomic_write_csv(pd.DataFrame({"id": ids, "landmarks": [str(x) if x >= 0 else "" for x in labels],
+                                   "Usage": list(usage)}), out / "recognition_solution.csv")
+    positives = index[index["landmark_id"] >= 0].groupby("landmark_id")["id"].apply(lambda s: " ".join(sorted(s)))
+    images = [positives.get(x, "") if x >= 0 else "" for x in labels]
+    atomic_write_csv(pd.DataFrame({"id": ids, "images": images,
+                                   "Usage": [u if im else "Ignored" for u, im in zip(usage, images)]}),
+                     out / "retrieval_solution.csv")
+    write_recognition(out / "recognition_sample_submission.csv", ids, [None] * len(ids), [0.0] * len(ids))
+    write_retrieval(out / "retrieval_sample_submission.csv", ids, [[] for _ in ids])

@@ -1,0 +1,199 @@
+"""Spatial verification: descriptor matching (mutual nearest neighbour + ratio test) then RANSAC.
+
+Geometric models: ``homography`` (OpenCV USAC MAGSAC++, the default), ``affine`` (OpenCV
+``estimateAffine2D`` + RANSAC, as in the 2019 paper), ``degensac-homography`` and ``degensac-fundamental``
+(pydegensac). OpenCV's estimators seed every call identically, so a pair's inlier count does not depend on
+which process or shard verified it; pydegensac draws from a process-wide generator, so its counts depend on
+call order. The output of a pair is its inlier count. Matching is torch: on CPU pairs run in joblib
+worker processes; with CUDA they are matched in padded batches on the GPU while the workers run RANSAC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from threadpoolctl import threadpool_limits
+
+from .local import Features, FeatureStore
+
+MODELS = ("homography", "affine", "degensac-homography", "degensac-fundamental")
+
+
+@dataclass
+class VerifyConfig:
+    """Matching and RANSAC settings."""
+
+    model: str = "homography"
+    ratio: float = 0.85  # Lowe's ratio test on descriptor distances
+    mutual: bool = True
+    threshold_px: float = 4.0
+    confidence: float = 0.999
+    max_iters: int = 2000
+    min_matches: int = 8  # fewer tentative matches: 0 inliers, no RANSAC call
+    workers: int = 2
+    device: str = "auto"  # "cuda": batched matching on the GPU, RANSAC in CPU workers; "auto" picks it if present
+    gpu_batch: int = 32  # pairs per batched GPU product
+
+
+def match_descriptors(a, b, ratio: float = 0.85, mutual: bool = True) -> np.ndarray:
+    """Tentative matches ``(M, 2)`` (index in a, index in b): ratio test on L2 distances, optionally mutual.
+
+    Descriptors are L2-normalised (RootSIFT is), so distances come from one matrix product (torch: 2-3x
+    numpy's argpartition on CPU, and the same code runs on a GPU when given CUDA tensors).
+    """
+    return match_batch([(a, b)], ratio, mutual)[0]
+
+
+def match_batch(pairs: Sequence[tuple], ratio: float = 0.85, mutual: bool = True, device: str = "cpu") -> list:
+    """:func:`match_descriptors` of many descriptor pairs as one padded batched product on ``device``.
+
+    Padding rows/columns are masked with -inf similarity, so every pair's matches equal the one-pair result.
+    """
+    out: list[np.ndarray] = [np.zeros((0, 2), np.int64)] * len(pairs)
+    live = [n for n, (a, b) in enumerate(pairs) if len(a) >= 2 and len(b) >= 2]
+    if not live:
+        return out
+    lens_a = torch.tensor([len(pairs[n][0]) for n in live])
+    lens_b = torch.tensor([len(pairs[n][1]) for n in live])
+    na, nb = int(lens_a.max()), int(lens_b.max())
+    A, B = _padded([pairs[n][0] for n in live], na), _padded([pairs[n][1] for n in live], nb)
+    if device != "cpu":  # one pinned host-to-device copy per side instead of one per pair
+        A, B = A.pin_memory().to(device, non_blocking=True), B.pin_memory().to(device, non_blocking=True)
+    valid_a = (torch.arange(na)[None] < lens_a[:, None]).to(device)
+    valid_b = (torch.arange(nb)[None] < lens_b[:, None]).to(device)
+    sim = torch.bmm(A, B.transpose(1, 2))
+    sim.masked_fill_(~valid_b[:, None, :], -torch.inf)
+    top = sim.topk(2, dim=2)
+    dist = torch.sqrt(torch.clamp(2.0 - 2.0 * top.values, min=0.0))
+    best = top.indices[..., 0]
+    keep = (dist[..., 0] < ratio * dist[..., 1]) & valid_a
+    if mutual:
+        back = sim.masked_fill(~valid_a[:, :, None], -torch.inf).argmax(dim=1)
+        keep &= torch.gather(back, 1, best) == torch.arange(na, device=device)[None]
+    keep, best = keep.cpu().numpy(), best.cpu().numpy()
+    for row, n in enumerate(live):
+        idx = np.flatnonzero(keep[row])
+        out[n] = np.stack([idx, best[row, idx]], axis=1).astype(np.int64)
+    return out
+
+
+def _padded(arrays: list[np.ndarray], rows: int) -> torch.Tensor:
+    """``(len(arrays), rows, D)`` float32 tensor, zero-padded; a single full array is wrapped without a copy."""
+    if len(arrays) == 1 and len(arrays[0]) == rows:
+        return torch.from_numpy(np.ascontiguousarray(arrays[0], dtype=np.float32))[None]
+    out = np.zeros((len(arrays), rows, arrays[0].shape[1]), np.float32)
+    for row, a in enumerate(arrays):
+        out[row, : len(a)] = a
+    return torch.from_numpy(out)
+
+
+def ransac_inliers(src: np.ndarray, dst: np.ndarray, cfg: VerifyConfig) -> int:
+    """Inliers of the configured geometric model between matched points ``(M, 2)``."""
+    if len(src) < cfg.min_matches:
+        return 0
+    if cfg.model == "affine":
+        _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=cfg.threshold_px,
+                                       maxIters=cfg.max_iters, confidence=cfg.confidence)
+    elif cfg.model == "homography":
+        _, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, cfg.threshold_px, maxIters=cfg.max_iters,
+                                     confidence=cfg.confidence)
+    else:
+        import pydegensac
+
+        if cfg.model == "degensac-homography":
+            _, mask = pydegensac.findHomography(src, dst, cfg.threshold_px, cfg.confidence, cfg.max_iters)
+        elif cfg.model == "degensac-fundamental":
+            _, mask = pydegensac.findFundamentalMatrix(src, dst, cfg.threshold_px, cfg.confidence, cfg.max_iters)
+        else:
+            raise ValueError(f"unknown geometric model {cfg.model!r}; choose one of {MODELS}")
+    return 0 if mask is None else int(np.count_nonzero(mask))
+
+
+def verify_pair(a: Features, b: Features, cfg: VerifyConfig) -> int:
+    """Inlier count of one image pair."""
+    m = match_descriptors(a.descriptors, b.descriptors, cfg.ratio, cfg.mutual)
+    return ransac_inliers(a.keypoints[m[:, 0], :2].astype(np.float64), b.keypoints[m[:, 1], :2].astype(np.float64),
+                          cfg)
+
+
+def _verify_chunk(pairs: Sequence[tuple[str, str]], feats, cfg: VerifyConfig) -> list[int]:
+    if isinstance(feats, str):  # a feature-store folder: read (once per worker process) instead of pickling
+        feats = _store_features(feats)
+        torch.set_num_threads(1)  # one thread per worker process: the workers are the parallelism
+    with threadpool_limits(1):
+        return [verify_pair(feats[a], feats[b], cfg) for a, b in pairs]
+
+
+def _ransac_chunk(points: Sequence[tuple[np.ndarray, np.ndarray]], cfg: VerifyConfig) -> list[int]:
+    with threadpool_limits(1):
+        return [ransac_inliers(src, dst, cfg) for src, dst in points]
+
+
+@lru_cache(maxsize=2)
+def _store_features(folder: str) -> dict[str, Features]:
+    return FeatureStore(folder).load_all()
+
+
+def _device(cfg: VerifyConfig) -> str:
+    from .train import resolve_device  # lazily: RANSAC workers import this module and need no timm
+
+    return str(resolve_device(cfg.device))
+
+
+def _verify_gpu(pairs: Sequence[tuple[str, str]], feats: dict[str, Features], cfg: VerifyConfig, device: str,
+                chunk: int) -> list[list[int]]:
+    """Batched matching on ``device`` in this process; RANSAC of the matched points in CPU worker processes.
+
+    The chunks are produced lazily, so the workers run RANSAC on one chunk while the GPU matches the next.
+    """
+    def ransac_tasks():
+        for start in range(0, len(pairs), chunk):
+            points = []
+            for first in range(start, min(start + chunk, len(pairs)), cfg.gpu_batch):
+                batch = pairs[first: min(first + cfg.gpu_batch, start + chunk)]
+                matches = match_batch([(feats[a].descriptors, feats[b].descriptors) for a, b in batch], cfg.ratio,
+                                      cfg.mutual, device)
+                for (a, b), m in zip(batch, matches):
+                    points.append((feats[a].keypoints[m[:, 0], :2].astype(np.float64),
+                                   feats[b].keypoints[m[:, 1], :2].astype(np.float64)))
+            yield delayed(_ransac_chunk)(points, cfg)
+
+    return Parallel(n_jobs=max(cfg.workers, 1), pre_dispatch="2*n_jobs")(ransac_tasks())
+
+
+def verify_pairs(
+    pairs: Sequence[tuple[str, str]], feats: dict[str, Features] | FeatureStore, cfg: VerifyConfig,
+    chunk: int = 512,
+) -> np.ndarray:
+    """Inlier counts of many pairs of image ids, in parallel chunks; order of ``pairs`` kept.
+
+    On CPU, give a :class:`FeatureStore` to run ``cfg.workers`` processes that read the features themselves
+    (nothing large is pickled); a dict of features runs in threads. With a GPU (``cfg.device``), matching is
+    batched on it and only matched coordinates go to the RANSAC workers.
+    """
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown geometric model {cfg.model!r}; choose one of {MODELS}")
+    if not pairs:
+        return np.zeros(0, np.int64)
+    chunk = max(1, min(chunk, -(-len(pairs) // (4 * max(cfg.workers, 1)))))  # >= 4 chunks a worker: balanced
+    device = _device(cfg)
+    if device != "cpu":
+        loaded = feats.load_all() if isinstance(feats, FeatureStore) else feats
+        results = _verify_gpu(pairs, loaded, cfg, device, chunk)
+        return np.fromiter((n for r in results for n in r), dtype=np.int64, count=len(pairs))
+    chunks = [pairs[i: i + chunk] for i in range(0, len(pairs), chunk)]
+    if isinstance(feats, FeatureStore):
+        source, backend = str(feats.folder), "processes"
+    else:
+        source, backend = feats, "threads"
+    if cfg.workers <= 1:
+        results = [_verify_chunk(c, source, cfg) for c in chunks]
+    else:
+        results = Parallel(n_jobs=cfg.workers, prefer=backend)(delayed(_verify_chunk)(c, source, cfg) for c in chunks)
+    return np.fromiter((n for r in results for n in r), dtype=np.int64, count=len(pairs))

