@@ -105,9 +105,14 @@ def build_member(member: MemberConfig, device: torch.device) -> torch.nn.Module:
 
 
 def split_ids(data_root: str | os.PathLike, split: str, train_csv: str | os.PathLike | None = None) -> list[str]:
-    """Ids of a split: train from its CSV (the labelled set), test/index by scanning the folder."""
+    """Ids of a split: train from its CSV (the labelled set), test/index by scanning the folder. A data root
+    without ``index/`` (a recognition-only competition, e.g. GLR2021) has an empty index split."""
     if split == "train":
         return read_train_csv(train_csv or Path(data_root) / "train.csv")["id"].tolist()
+    if split == "index" and not (Path(data_root) / "index").is_dir():
+        log.warning("%s has no index/ folder: empty index split (recognition only; retrieval rows stay empty)",
+                    data_root)
+        return []
     return scan_split(data_root, split)
 
 
@@ -210,6 +215,13 @@ def extract_members(
     device, models = resolve_device(cfg.device), {}
     for split in splits:
         ids = ids_by_split[split] if ids_by_split else split_ids(data_root, split, train_csv)
+        if not ids:  # an absent split: zero rows of each member's width, taken from a split it has
+            for folder in folders:
+                widths = [np.load(f, mmap_mode="r").shape[1] for f in sorted(folder.glob("*.npy")) if f.stem != split]
+                if not widths:
+                    raise RuntimeError(f"{folder}: the {split} split is empty and no other split is extracted")
+                save_features(folder, split, np.zeros((0, widths[0])), [], cfg.store_dtype)
+            continue
         name, mine = split, ids
         if cfg.world_size > 1:  # this rank's slice goes to its own part file, merged once all parts exist
             name, mine = f"{split}.part{cfg.rank:03d}of{cfg.world_size:03d}", ids[cfg.rank:: cfg.world_size]
@@ -333,7 +345,10 @@ def search_neighbours(workdir, k_train: int, k_index: int, index: str = "Flat", 
     paths = {}
     for db_split, k in (("train", k_train), ("index", k_index)):
         db, _ = load_features(feats, db_split)
-        scores, indices = knn(test, db, min(k, len(db)), index=index, nprobe=nprobe)
+        if len(db):
+            scores, indices = knn(test, db, min(k, len(db)), index=index, nprobe=nprobe)
+        else:  # no index split: no neighbours
+            scores, indices = np.zeros((len(test), 0), np.float32), np.zeros((len(test), 0), np.int64)
         path = out / f"test_{db_split}.npz"
         with atomic_path(path) as tmp:
             np.savez(tmp, scores=scores, indices=indices)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -257,3 +258,25 @@ def test_reuse_from_takes_identical_members_and_extracts_the_others(tiny_competi
     other = tmp_path / "other.yaml"
     other.write_text(f"members:\n  - {a[:-2]}64}}\nworkers: 0\n")
     assert ensemble.reuse_features(load_ensemble(other).members, tmp_path / "three", [tmp_path / "one"]) == {}
+
+
+def test_a_competition_without_index_predicts_recognition_and_empty_retrieval(tiny_competition, tmp_path):
+    import shutil
+
+    from landmark_kit.data import DataError, scan_split
+    from landmark_kit.predict import PredictConfig, predict
+    from landmark_kit.scoring import score_files
+
+    data = tmp_path / "no-index"
+    shutil.copytree(tiny_competition, data, ignore=shutil.ignore_patterns("index"))
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text("members:\n  - {name: z, backbone: test_efficientnet, image_size: 48}\nworkers: 0\n")
+    run_ensemble(load_ensemble(recipe), data, tmp_path / "w")
+    assert np.load(tmp_path / "w" / "features" / "ensemble" / "index.npy").shape[0] == 0
+    cfg = PredictConfig(k=3, dba_k=2, qe_k=2, rerank=True)
+    rec, ret = predict(data, tmp_path / "w", tmp_path / "sub", cfg=cfg)
+    assert score_files(data / "recognition_solution.csv", rec)["scores"]["All"]["GAP"] > 0
+    rows = pd.read_csv(ret, dtype=str, keep_default_na=False)
+    assert sorted(rows["id"]) == scan_split(data, "test") and (rows["images"] == "").all()
+    with pytest.raises(DataError, match="nonlandmark_pool 'index' is empty"):
+        predict(data, tmp_path / "w", tmp_path / "sub2", cfg=PredictConfig(nonlandmark_pool="index"))

@@ -175,6 +175,9 @@ def pool_similarities(run: RunData, pool: str, k: int) -> np.ndarray:
     key = ("pool", pool, k)
     if key not in run.cache:
         pool_feats = load_features(run.features, pool)[0]
+        if not len(pool_feats):
+            raise DataError(f"nonlandmark_pool {pool!r} is empty in {run.workdir} (no {pool}/ folder?); "
+                            f"use another split of the run, e.g. test")
         queries = load_features(run.features, "test")[0]
         run.cache[key] = knn(queries, pool_feats, min(k, len(pool_feats)))[0]
     return run.cache[key]
