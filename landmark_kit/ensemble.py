@@ -170,12 +170,14 @@ def _member_folder(member: MemberConfig, workdir) -> Path:
     return folder
 
 
-def reuse_features(members: list[MemberConfig], workdir, sources) -> dict[str, list[str]]:
-    """Hard-link (or copy) finished descriptors from other run directories ``sources`` into ``workdir`` for every
-    member whose identity (config + checkpoint digest, the name aside) matches there, so an ensemble of members
-    already extracted elsewhere costs no extraction. Returns the files taken per member."""
+def reuse_features(members: list[MemberConfig], workdir, sources, splits=SPLITS) -> dict[str, list[str]]:
+    """Hard-link (or copy) finished descriptors of ``splits`` from other run directories ``sources`` into
+    ``workdir`` for every member whose identity (config + checkpoint digest; name and checkpoint path aside)
+    matches there, so an ensemble of members already extracted elsewhere costs no extraction. Returns the
+    files taken per member."""
     def anonymous(identity: dict) -> dict:
-        return {k: v for k, v in identity.items() if k != "name"}
+        path_free = "checkpoint_sha1" in identity  # a moved checkpoint is the same checkpoint
+        return {k: v for k, v in identity.items() if k != "name" and not (path_free and k == "checkpoint")}
 
     taken: dict[str, list[str]] = {}
     for member in members:
@@ -185,7 +187,7 @@ def reuse_features(members: list[MemberConfig], workdir, sources) -> dict[str, l
                 if meta.parent.resolve() == dest.resolve() or anonymous(json.loads(meta.read_text())) != wanted:
                     continue
                 folder = meta.parent
-                for split in SPLITS:
+                for split in splits:
                     ids = (folder / f"{split}.ids").read_text().split() if (folder / f"{split}.ids").is_file() else None
                     if ids is None or not _is_done(folder, split, ids) or _is_done(dest, split, ids):
                         continue

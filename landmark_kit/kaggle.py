@@ -53,6 +53,8 @@ class KernelConfig:
     python_version: str = "3.11"
     platform: str = "manylinux2014_x86_64"
     dependencies: list[str] = field(default_factory=lambda: list(KAGGLE_LACKS))
+    descriptors_from: str | None = None  # a stage-03 run of this ensemble: its public splits go into the bundle
+    descriptor_splits: list[str] = field(default_factory=lambda: ["train", "index"])
 
     def owner(self) -> str:
         return self.user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username"
@@ -92,7 +94,7 @@ def build_notebook(track: str, out: Path) -> Path:
 
 def build_bundle(cfg: KernelConfig, out: Path) -> Path:
     """The dataset folder: manifest, kit wheel, dependency wheels, ensemble + recipe YAMLs, checkpoints."""
-    from .ensemble import load_ensemble
+    from .ensemble import load_ensemble, reuse_features
     from .predict import PredictConfig
 
     wheels = out / "wheels"
@@ -106,6 +108,13 @@ def build_bundle(cfg: KernelConfig, out: Path) -> Path:
               "--python-version", cfg.python_version, "--platform", cfg.platform, "-d", str(wheels),
               *cfg.dependencies])
     ensemble = load_ensemble(cfg.ensemble)
+    shutil.rmtree(out / "features", ignore_errors=True)
+    if cfg.descriptors_from is not None:  # public splits' descriptors, so the kernel extracts only the rest
+        taken = reuse_features(ensemble.members, out, [cfg.descriptors_from], cfg.descriptor_splits)
+        missing = [m.name for m in ensemble.members if m.name not in taken]
+        if missing:
+            raise RuntimeError(f"{cfg.descriptors_from} has no finished {'/'.join(cfg.descriptor_splits)} "
+                               f"descriptors of member(s) {', '.join(missing)} (run stage 03 with this ensemble)")
     for member in ensemble.members:
         if member.checkpoint is not None:
             target = out / "checkpoints" / f"{member.name}.pt"
@@ -209,7 +218,7 @@ def run_kernel(track: str, input_root=None, working=None) -> Path:
     ``<working>/submission.csv``. A submission is always written: if a stage fails, every test image still
     gets a row (empty predictions), and the failure is printed."""
     from .data import scan_split
-    from .ensemble import load_ensemble, run_ensemble
+    from .ensemble import load_ensemble, reuse_features, run_ensemble
     from .predict import PredictConfig, predict
 
     _check_track(track)
@@ -226,6 +235,9 @@ def run_kernel(track: str, input_root=None, working=None) -> Path:
             if member.checkpoint is not None:
                 member.checkpoint = str(bundle / member.checkpoint)
         recipe = (load_recipe(PredictConfig, bundle / manifest["recipe"]) if manifest["recipe"] else PredictConfig())
+        taken = reuse_features(ensemble.members, working / "run", [bundle])  # used when the ids still match
+        for name, files in taken.items():
+            print(f"member {name}: {len(files)} split(s) of descriptors from the bundle")
         run_ensemble(ensemble, competition, working / "run")
         print(f"descriptors and search: {time.time() - start:.0f} s")
         files = dict(zip(TRACKS, predict(competition, working / "run", working / "submissions", cfg=recipe)))
@@ -289,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-dependency-wheels", action="store_true",
                    help=f"do not fetch wheels of {', '.join(KAGGLE_LACKS)} (needs PyPI at build time)")
     b.add_argument("--python-version", default=KernelConfig.python_version, help="Kaggle image's Python")
+    b.add_argument("--descriptors-from", metavar="W",
+                   help="stage-03 run of this ensemble on the competition: bundle its train/index descriptors")
     p = sub.add_parser("push", help="upload the bundle and the kernel with the kaggle CLI")
     p.add_argument("dir")
     p.add_argument("--dry-run", action="store_true", help="print the kaggle CLI commands only")
@@ -302,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = KernelConfig(track=args.track, ensemble=args.ensemble, recipe=args.recipe, user=args.user,
                                competition=args.competition, enable_gpu=not args.no_gpu,
                                dependency_wheels=not args.no_dependency_wheels,
-                               python_version=args.python_version)
+                               python_version=args.python_version, descriptors_from=args.descriptors_from)
             out = build(cfg, args.out)
             for path in sorted(p for p in out.rglob("*") if p.is_file() and "local" not in p.parts):
                 print(path)

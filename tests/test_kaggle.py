@@ -76,3 +76,29 @@ def test_push_dry_run_prints_the_kaggle_commands_and_missing_credentials_are_nam
     assert "no Kaggle credentials" in capsys.readouterr().err
     assert kaggle.main(["push", str(tmp_path / "nothing")]) == 2
     assert "run `python -m landmark_kit.kaggle build` first" in capsys.readouterr().err
+
+
+def test_bundled_descriptors_of_public_splits_are_used_and_change_nothing(tiny_ensemble, tiny_competition, tmp_path,
+                                                                          capsys):
+    from landmark_kit.ensemble import load_ensemble, run_ensemble
+
+    run_ensemble(load_ensemble(tiny_ensemble), tiny_competition, tmp_path / "stage03")
+    submissions = {}
+    for name, source in (("plain", None), ("bundled", str(tmp_path / "stage03"))):
+        out = tmp_path / name
+        kaggle.build(kaggle.KernelConfig(ensemble=str(tiny_ensemble), dependency_wheels=False,
+                                         descriptors_from=source), out)
+        inputs = tmp_path / f"{name}-input"
+        inputs.mkdir()
+        (inputs / "competition").symlink_to(tiny_competition)
+        (inputs / "bundle").symlink_to(out / "dataset")
+        capsys.readouterr()
+        submissions[name] = kaggle.run_kernel("recognition", inputs, tmp_path / f"{name}-working").read_text()
+        printed = capsys.readouterr().out
+        bundled = sorted(p.name for p in (out / "dataset" / "features" / "z").glob("*.npy")) if source else []
+        assert bundled == (["index.npy", "train.npy"] if source else [])
+        assert ("member z: 2 split(s) of descriptors from the bundle" in printed) == bool(source)
+    assert submissions["plain"] == submissions["bundled"]
+    with pytest.raises(RuntimeError, match="no finished train/index descriptors of member"):
+        kaggle.build(kaggle.KernelConfig(ensemble=str(tiny_ensemble), dependency_wheels=False,
+                                         descriptors_from=str(tmp_path / "nothing")), tmp_path / "bad")
