@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -101,8 +102,15 @@ def build_bundle(cfg: KernelConfig, out: Path) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     for old in wheels.glob("landmark_kit-*.whl"):
         old.unlink()
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-          str(REPO)])
+    with tempfile.TemporaryDirectory() as tmp:  # a copy, so setuptools' build/ never lands in the checkout
+        source = Path(tmp) / "landmark-kit"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copyfile(REPO / name, source / name)
+        shutil.copytree(REPO / "landmark_kit", source / "landmark_kit",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+              str(wheels.resolve()), str(source)])
     if cfg.dependency_wheels and cfg.dependencies:
         _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
               "--python-version", cfg.python_version, "--platform", cfg.platform, "-d", str(wheels),
