@@ -9,6 +9,7 @@ Kaggle (internet off) the notebook installs the kit from the bundle, extracts, p
     python -m landmark_kit.kaggle build --track recognition --out runs/kaggle/recognition [--ensemble E --recipe R]
     python -m landmark_kit.kaggle push runs/kaggle/recognition [--dry-run]
     python -m landmark_kit.kaggle run-local runs/kaggle/recognition --competition-root runs/demo/synthetic
+    python -m landmark_kit.kaggle estimate --test 117577 --index 761757 --train 1580470 [--bundled train index]
 """
 
 from __future__ import annotations
@@ -295,6 +296,21 @@ def run_local(out, competition_root, timeout: int = 3600) -> Path:
     return submission
 
 
+def run_estimate(args: argparse.Namespace) -> str:
+    """The ``estimate`` command: rates (measured here or loaded), then the table."""
+    from .ensemble import load_ensemble
+    from .estimate import ensemble_dim, estimate, format_rows, load_rates, measure
+    from .predict import PredictConfig, check_config
+
+    ensemble = load_ensemble(args.ensemble)
+    recipe = check_config(load_recipe(PredictConfig, args.recipe) if args.recipe else PredictConfig())
+    rates = load_rates(args.rates) if args.rates else measure(ensemble, recipe, Path(args.sample_root))
+    if args.save_rates:
+        save_recipe(rates, args.save_rates)
+    return format_rows(estimate(ensemble, recipe, rates, args.test, args.index, args.train, ensemble_dim(ensemble),
+                                args.limit_hours, tuple(args.bundled)), rates)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -318,8 +334,23 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("dir")
     r.add_argument("--competition-root", required=True)
     r.add_argument("--timeout", type=int, default=3600, help="seconds per notebook cell")
+    e = sub.add_parser("estimate", help="hours of each kernel step for given split sizes, against the time limit")
+    e.add_argument("--ensemble", default=KernelConfig.ensemble)
+    e.add_argument("--recipe", help="stage-04 recipe (default plain kNN)")
+    e.add_argument("--test", type=int, required=True, help="test images the kernel sees (the hidden set)")
+    e.add_argument("--index", type=int, default=0, help="index images (retrieval, non-landmark pool)")
+    e.add_argument("--train", type=int, default=0, help="train images")
+    e.add_argument("--bundled", nargs="*", default=[], choices=["train", "index"],
+                   help="splits whose descriptors come with the bundle (build --descriptors-from): not extracted")
+    e.add_argument("--limit-hours", type=float, default=12.0, help="the competition's limit (2021: 12, 2020: 9)")
+    e.add_argument("--rates", help="rates measured on another machine (YAML from --save-rates); default: measure here")
+    e.add_argument("--save-rates", help="write the rates measured here to this YAML")
+    e.add_argument("--sample-root", default="runs/demo/synthetic", help="Kaggle-layout folder with sample images")
     args = ap.parse_args(argv)
     try:
+        if args.command == "estimate":
+            print(run_estimate(args))
+            return 0
         if args.command == "build":
             cfg = KernelConfig(track=args.track, ensemble=args.ensemble, recipe=args.recipe, user=args.user,
                                competition=args.competition, enable_gpu=not args.no_gpu,

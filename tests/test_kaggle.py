@@ -102,3 +102,34 @@ def test_bundled_descriptors_of_public_splits_are_used_and_change_nothing(tiny_e
     with pytest.raises(RuntimeError, match="no finished train/index descriptors of member"):
         kaggle.build(kaggle.KernelConfig(ensemble=str(tiny_ensemble), dependency_wheels=False,
                                          descriptors_from=str(tmp_path / "nothing")), tmp_path / "bad")
+
+
+def test_estimate_counts_each_step_and_measures_rates_here(tiny_ensemble, tiny_competition, tmp_path, capsys):
+    from landmark_kit.ensemble import load_ensemble
+    from landmark_kit.estimate import Rates, estimate, measure
+    from landmark_kit.predict import PredictConfig
+
+    ensemble = load_ensemble(tiny_ensemble)
+    recipe = PredictConfig(verify_shortlist=10, local_rerank=5, rerank=True)
+    rates = Rates(forward={"48px": 100.0}, decode=50.0, local=10.0, verify=20.0, search_gflops=1.0)
+    rows = estimate(ensemble, recipe, rates, test=1000, index=2000, train=3000, dim=64, limit_hours=0.4)
+    hours = {r["step"].split(" (")[0]: r["hours"] for r in rows}
+    assert hours["extract 48px"] == pytest.approx(6000 / 50 / 3600)  # decode-bound: the slower of the two
+    assert hours["exact search"] == pytest.approx(2 * 64 * (1000 * 5000 + 2000 * 3000) / 1e9 / 3600)
+    assert hours["local features"] == pytest.approx((1000 + 3000 + 2000) / 10 / 3600)
+    assert hours["spatial verification"] == pytest.approx(1000 * 15 / 20 / 3600)
+    assert rows[-1]["hours"] == pytest.approx(sum(r["hours"] for r in rows[:-1]))
+    assert rows[-1]["fits"] == "no (limit 0.4 h)"  # 0.409 h
+    assert estimate(ensemble, recipe, rates, 1000, 2000, 3000, 64, 0.5)[-1]["fits"] == "yes (limit 0.5 h)"
+    bundled = estimate(ensemble, recipe, rates, 1000, 2000, 3000, 64, 0.4, bundled=("train", "index"))
+    assert bundled[0]["hours"] == pytest.approx(1000 / 50 / 3600)  # only the test images are extracted
+    assert bundled[1]["hours"] == rows[1]["hours"]  # the bundled splits are still searched
+    measured = measure(ensemble, recipe, tiny_competition, images=8, batch=4)
+    assert measured.forward["48px"] > 0 and measured.decode > 0 and measured.local > 0 and measured.verify > 0
+    saved = tmp_path / "rates.yaml"
+    assert kaggle.main(["estimate", "--ensemble", str(tiny_ensemble), "--test", "1000", "--sample-root",
+                        str(tiny_competition), "--save-rates", str(saved)]) == 0
+    first = capsys.readouterr().out
+    assert "| total |" in first and saved.is_file()
+    assert kaggle.main(["estimate", "--ensemble", str(tiny_ensemble), "--test", "1000", "--rates", str(saved)]) == 0
+    assert capsys.readouterr().out == first  # the same rates give the same table
