@@ -94,15 +94,21 @@ def build_notebook(track: str, out: Path) -> Path:
     return path
 
 
+def _bundle_file(source, target: Path, root: Path) -> str:
+    """Copy ``source`` to ``target`` inside the bundle ``root``; returns its path relative to ``root``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return str(target.relative_to(root))
+
+
 def build_bundle(cfg: KernelConfig, out: Path) -> Path:
     """The dataset folder: manifest, kit wheel, dependency wheels, ensemble + recipe YAMLs, checkpoints."""
     from .ensemble import load_ensemble, reuse_features
     from .predict import PredictConfig
 
     wheels = out / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    for old in wheels.glob("landmark_kit-*.whl"):
-        old.unlink()
+    shutil.rmtree(wheels, ignore_errors=True)  # the kernel installs every wheel here: no stale versions
+    wheels.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:  # a copy, so setuptools' build/ never lands in the checkout
         source = Path(tmp) / "landmark-kit"
         source.mkdir()
@@ -124,12 +130,12 @@ def build_bundle(cfg: KernelConfig, out: Path) -> Path:
         if missing:
             raise RuntimeError(f"{cfg.descriptors_from} has no finished {'/'.join(cfg.descriptor_splits)} "
                                f"descriptors of member(s) {', '.join(missing)} (run stage 03 with this ensemble)")
-    for member in ensemble.members:
+    for member in ensemble.members:  # files the members load travel with the bundle, paths made relative
         if member.checkpoint is not None:
-            target = out / "checkpoints" / f"{member.name}.pt"
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(member.checkpoint, target)
-            member.checkpoint = str(target.relative_to(out))
+            member.checkpoint = _bundle_file(member.checkpoint, out / "checkpoints" / f"{member.name}.pt", out)
+        if member.weights is not None and Path(member.weights).is_file():
+            target = out / "weights" / f"{member.name}{Path(member.weights).suffix}"
+            member.weights = _bundle_file(member.weights, target, out)
     save_recipe(ensemble, out / "ensemble.yaml")
     if cfg.recipe is not None:
         save_recipe(load_recipe(PredictConfig, cfg.recipe), out / "recipe.yaml")
@@ -240,9 +246,11 @@ def run_kernel(track: str, input_root=None, working=None) -> Path:
     print(f"competition {competition}, bundle {bundle} (built {manifest['built']}), writing {submission}")
     try:
         ensemble = load_ensemble(bundle / manifest["ensemble"])
-        for member in ensemble.members:
+        for member in ensemble.members:  # bundle-relative paths (build_bundle)
             if member.checkpoint is not None:
                 member.checkpoint = str(bundle / member.checkpoint)
+            if member.weights is not None and (bundle / member.weights).is_file():
+                member.weights = str(bundle / member.weights)
         recipe = (load_recipe(PredictConfig, bundle / manifest["recipe"]) if manifest["recipe"] else PredictConfig())
         taken = reuse_features(ensemble.members, working / "run", [bundle])  # used when the ids still match
         for name, files in taken.items():

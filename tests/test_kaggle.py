@@ -133,3 +133,29 @@ def test_estimate_counts_each_step_and_measures_rates_here(tiny_ensemble, tiny_c
     assert "| total |" in first and saved.is_file()
     assert kaggle.main(["estimate", "--ensemble", str(tiny_ensemble), "--test", "1000", "--rates", str(saved)]) == 0
     assert capsys.readouterr().out == first  # the same rates give the same table
+
+
+def test_member_weight_files_travel_with_the_bundle(tiny_competition, tmp_path):
+    import timm
+    import torch
+
+    from landmark_kit.ensemble import load_ensemble
+
+    torch.manual_seed(3)
+    weights = tmp_path / "elsewhere" / "backbone.pth"
+    weights.parent.mkdir()
+    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
+    recipe = tmp_path / "e.yaml"
+    recipe.write_text(f"members:\n  - {{name: w, backbone: test_efficientnet, weights: {weights}, image_size: 48}}\n"
+                      "workers: 0\n")
+    out = tmp_path / "k"
+    kaggle.build(kaggle.KernelConfig(ensemble=str(recipe), dependency_wheels=False), out)
+    bundled = load_ensemble(out / "dataset" / "ensemble.yaml").members[0]
+    assert bundled.weights == "weights/w.pth" and (out / "dataset" / "weights" / "w.pth").is_file()
+    weights.unlink()  # the kernel must not need the original file
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    (inputs / "competition").symlink_to(tiny_competition)
+    (inputs / "bundle").symlink_to(out / "dataset")
+    submission = kaggle.run_kernel("recognition", inputs, tmp_path / "working")
+    assert score_files(tiny_competition / "recognition_solution.csv", submission)["scores"]["All"]["GAP"] > 0
