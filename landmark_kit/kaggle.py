@@ -189,15 +189,66 @@ def push(out, dry_run: bool = False) -> None:
         for cmd in (create, version, kernel):
             print(shlex.join(cmd))
         return
-    has_token = (Path.home() / ".kaggle" / "kaggle.json").is_file() or (
-        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
-    if not has_token:
-        raise RuntimeError("no Kaggle credentials: put kaggle.json (Kaggle > Settings > API > Create New Token) in "
-                           "~/.kaggle/ or set KAGGLE_USERNAME and KAGGLE_KEY")
-    exists = subprocess.run(status, capture_output=True).returncode == 0
+    if not _credentials():
+        raise RuntimeError(NO_CREDENTIALS)
+    cli = kaggle_cli()
+    exists = subprocess.run([cli, *status[1:]], capture_output=True).returncode == 0
     for cmd in ((version if exists else create), kernel):
         print(shlex.join(cmd))
-        subprocess.run(cmd, check=True)
+        subprocess.run([cli, *cmd[1:]], check=True)
+
+
+def kaggle_cli() -> str:
+    """The kaggle executable: on PATH, else beside this Python (a venv that is not activated)."""
+    found = shutil.which("kaggle") or shutil.which("kaggle", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise RuntimeError("the kaggle CLI is not on PATH (pip install kaggle, pinned in requirements.txt)")
+    return found
+
+
+def _credentials() -> bool:
+    return (Path.home() / ".kaggle" / "kaggle.json").is_file() or bool(
+        os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+
+
+NO_CREDENTIALS = ("no Kaggle credentials: put kaggle.json (Kaggle > Settings > API > Create New Token) in ~/.kaggle/ "
+                  "or set KAGGLE_USERNAME and KAGGLE_KEY")
+
+
+def download_competition(competition: str, out) -> dict:
+    """``kaggle competitions download`` into ``out/.download``, unzipped into ``out`` (Kaggle layout), checked:
+    a test/ folder and, when present, a readable train.csv. Returns the image counts per split."""
+    import zipfile
+
+    from .data import read_train_csv, scan_split
+
+    cli = kaggle_cli()
+    if not _credentials():
+        raise RuntimeError(NO_CREDENTIALS)
+    out = Path(out)
+    staging = out / ".download"
+    staging.mkdir(parents=True, exist_ok=True)
+    cmd = ["kaggle", "competitions", "download", "-c", competition, "-p", str(staging)]
+    print(shlex.join(cmd))
+    done = subprocess.run([cli, *cmd[1:]])
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({done.returncode}); accepted the competition's rules?")
+    archives = sorted(staging.glob("*.zip"))
+    if not archives:
+        raise RuntimeError(f"{staging}: the download left no .zip")
+    for archive in archives:
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise RuntimeError(f"{archive}: corrupt member {bad}; delete it and download again")
+            zf.extractall(out)
+    counts = {split: len(scan_split(out, split)) for split in ("train", "test", "index") if (out / split).is_dir()}
+    if "test" not in counts:
+        raise RuntimeError(f"{out}: no test/ folder after unzipping {', '.join(a.name for a in archives)}")
+    if (out / "train.csv").is_file():
+        counts["train.csv rows"] = len(read_train_csv(out / "train.csv"))
+    shutil.rmtree(staging)
+    return counts
 
 
 # ------------------------------------------------------------------------------------- inside the kernel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -159,3 +160,33 @@ def test_member_weight_files_travel_with_the_bundle(tiny_competition, tmp_path):
     (inputs / "bundle").symlink_to(out / "dataset")
     submission = kaggle.run_kernel("recognition", inputs, tmp_path / "working")
     assert score_files(tiny_competition / "recognition_solution.csv", submission)["scores"]["All"]["GAP"] > 0
+
+
+def test_competition_download_unzips_and_checks_through_the_kaggle_cli(tiny_competition, tmp_path, monkeypatch):
+    """A fake ``kaggle`` on PATH zips the synthetic competition as Kaggle serves it."""
+    import shutil
+    import subprocess
+    import sys
+
+    served = tmp_path / "served"
+    shutil.make_archive(str(served / "landmark-test"), "zip", tiny_competition)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "kaggle"
+    fake.write_text(f"#!{sys.executable}\nimport shutil, sys\nargs = sys.argv[1:]\n"
+                    "assert args[:2] == ['competitions', 'download'], args\n"
+                    f"shutil.copy({str(served / 'landmark-test.zip')!r}, args[args.index('-p') + 1])\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("KAGGLE_USERNAME", "me")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    stage = [sys.executable, "stages/00_data.py", "kaggle", "landmark-test", "--out", str(tmp_path / "comp")]
+    run = subprocess.run(stage, capture_output=True, text=True, cwd=kaggle.REPO)
+    assert run.returncode == 0, run.stderr
+    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert counts["test"] == len(scan_split(tiny_competition, "test")) and counts["train.csv rows"] > 0
+    assert not (tmp_path / "comp" / ".download").exists()
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = subprocess.run(stage, capture_output=True, text=True, cwd=kaggle.REPO)
+    assert run.returncode == 2 and "no Kaggle credentials" in run.stderr
