@@ -104,6 +104,11 @@ def build_member(member: MemberConfig, device: torch.device) -> torch.nn.Module:
     return GlobalDescriptor(create_backbone(member.backbone, member.weights)).to(device).eval()
 
 
+def input_group(member: MemberConfig) -> tuple[int, bool]:
+    """Members with the same input side (image_size x largest scale) and aspect setting are decoded together."""
+    return round(member.image_size * max(member.scales)), member.aspect
+
+
 def split_ids(data_root: str | os.PathLike, split: str, train_csv: str | os.PathLike | None = None) -> list[str]:
     """Ids of a split: train from its CSV (the labelled set), test/index by scanning the folder. A data root
     without ``index/`` (a recognition-only competition, e.g. GLR2021) has an empty index split."""
@@ -234,7 +239,7 @@ def extract_members(
         groups: dict[tuple[int, bool], list[tuple[MemberConfig, Path]]] = {}
         for m, f in todo:
             if not _is_done(f, name, mine):
-                groups.setdefault((round(m.image_size * max(m.scales)), m.aspect), []).append((m, f))
+                groups.setdefault(input_group(m), []).append((m, f))
         for (_, aspect), group in groups.items():
             for m, _ in group:
                 if m.name not in models:

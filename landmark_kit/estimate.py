@@ -36,11 +36,13 @@ class Rates:
 
 
 def member_groups(ensemble) -> dict[str, list]:
-    """Members decoded together (same input side and aspect setting), as stage 03 groups them."""
+    """Members decoded together, keyed ``"<side>px[-aspect]"`` (stage 03's ``ensemble.input_group``)."""
+    from .ensemble import input_group
+
     groups: dict[str, list] = {}
     for m in ensemble.members:
-        side = round(m.image_size * max(m.scales))
-        groups.setdefault(f"{side}px" + ("-aspect" if m.aspect else ""), []).append(m)
+        side, aspect = input_group(m)
+        groups.setdefault(f"{side}px" + ("-aspect" if aspect else ""), []).append(m)
     return groups
 
 
@@ -68,9 +70,8 @@ def measure(ensemble, recipe, sample_root: Path, split: str = "test", images: in
 
     from .data import ImageDataset, collate_skip_bad, scan_split
     from .ensemble import build_member
-    from .extract import MultiScale, square_transform
+    from .extract import member_tta, square_transform
     from .local import extract_local
-    from .models import input_normalisation
     from .readme import machine
     from .search import knn
     from .train import resolve_device
@@ -90,10 +91,7 @@ def measure(ensemble, recipe, sample_root: Path, split: str = "test", images: in
         x = x.contiguous(memory_format=torch.channels_last)
         seconds = 0.0
         for m in members:
-            model = build_member(m, device)
-            inner = model.backbone if hasattr(model, "backbone") else model
-            tta = MultiScale(model, m.image_size, tuple(m.scales), m.flip, *input_normalisation(inner))
-            tta = tta.to(device, memory_format=torch.channels_last)
+            tta = member_tta(build_member(m, device), m.image_size, m.scales, m.flip, device)
             with torch.inference_mode(), amp:
                 seconds += _timed(lambda: tta(x).float().cpu(), 2)
         rates.forward[name] = round(batch / seconds, 1)

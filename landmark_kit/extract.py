@@ -276,6 +276,16 @@ class Stacked(torch.nn.Module):
         return torch.cat(outs, dim=1)
 
 
+def member_tta(model: torch.nn.Module, size: int, scales, flip: bool, device) -> MultiScale:
+    """A member's descriptor network as extraction runs it: test-time scales / flip around the model in eval
+    mode, the backbone's input normalisation, on ``device`` in channels-last (NHWC: faster, bench_extract.py)."""
+    from .models import input_normalisation
+
+    inner = model.backbone if hasattr(model, "backbone") else model
+    tta = MultiScale(model.eval(), size, tuple(scales), flip, *input_normalisation(inner))
+    return tta.to(device, memory_format=torch.channels_last)
+
+
 def describe_split_members(
     members: list[tuple[torch.nn.Module, int, tuple[float, ...], bool]],
     root,
@@ -292,15 +302,10 @@ def describe_split_members(
     (``round(size x max(scales))``) and one ``aspect`` setting: each image is read and decoded once for all of
     them, and each member's descriptors are exactly what it gets alone."""
     from .data import image_path, upright_size
-    from .models import input_normalisation
 
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, found {decode!r}")
-    ttas = []
-    for model, size, scales, flip in members:
-        inner = model.backbone if hasattr(model, "backbone") else model
-        tta = MultiScale(model.eval(), size, scales, flip, *input_normalisation(inner))
-        ttas.append(tta.to(device, memory_format=torch.channels_last))  # NHWC: faster (bench_extract.py)
+    ttas = [member_tta(model, size, scales, flip, device) for model, size, scales, flip in members]
     sides = {tta.input_size() for tta in ttas}
     if len(sides) != 1:
         raise ValueError(f"members decoded together need one input side, found {sorted(sides)}")
