@@ -193,8 +193,9 @@ def reuse_features(members: list[MemberConfig], workdir, sources, splits=SPLITS)
                     continue
                 folder = meta.parent
                 for split in splits:
-                    ids = (folder / f"{split}.ids").read_text().split() if (folder / f"{split}.ids").is_file() else None
-                    if ids is None or not _is_done(folder, split, ids) or _is_done(dest, split, ids):
+                    if not ((folder / f"{split}.npy").is_file() and (folder / f"{split}.ids").is_file()):
+                        continue  # not finished there
+                    if _is_done(dest, split, (folder / f"{split}.ids").read_text().split()):
                         continue
                     for suffix in (".ids", ".failed.csv", ".npy"):
                         src, out = folder / f"{split}{suffix}", dest / f"{split}{suffix}"

@@ -70,6 +70,7 @@ class Bootstrap:
         if missing:
             raise ValueError(f"{len(missing)} solution id(s) are not test images of the run, e.g. {missing[0]}")
         self.queries = queries
+        self.position = {q: i for i, q in enumerate(queries)}  # query -> its index in ``queries``
         self.rows = np.array([position[q] for q in queries], np.int64)  # query -> row of the run's test arrays
         self.rec_solution, self.ret_solution = rec, ret
         self.is_rec = np.array([q in rec for q in queries])
@@ -108,8 +109,7 @@ class Bootstrap:
     def map_at_100(self, rows, index_ids: Sequence[str], k: int = 100) -> Estimate:
         """mAP@100 (All) of ranked index rows (positions into ``index_ids``) per test image."""
         ranked = neighbour_lists(rows, index_ids, k)
-        position = dict(zip(self.queries, range(len(self.queries))))
-        return self._map({q: ranked[self.rows[position[q]]] for q in self.ret_solution})
+        return self._map({q: ranked[self.rows[self.position[q]]] for q in self.ret_solution})
 
     def submissions(self, recognition_csv, retrieval_csv) -> tuple[Estimate, Estimate]:
         """GAP and mAP@100 (All) of two submission files, read as the scorer reads them (stage 05), so any
@@ -123,10 +123,8 @@ class Bootstrap:
         return self.gap(labels, scores), self._map({q: retrieved.get(q, "") for q in self.ret_solution})
 
     def _map(self, predictions: dict) -> Estimate:
-        position = dict(zip(self.queries, range(len(self.queries))))
-        ret_queries = list(self.ret_solution)
         ap = np.zeros(len(self.queries))
-        ap[[position[q] for q in ret_queries]] = retrieval_per_query(predictions, self.ret_solution)["ap"]
+        ap[[self.position[q] for q in self.ret_solution]] = retrieval_per_query(predictions, self.ret_solution)["ap"]
         return self._mean(ap, self.is_ret)
 
     def _mean(self, values: np.ndarray, mask: np.ndarray) -> Estimate:

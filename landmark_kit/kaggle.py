@@ -267,15 +267,17 @@ def find_inputs(input_root=None) -> tuple[Path, Path]:
     return competitions[0], bundles[0]
 
 
-def complete_submission(path: Path, test_ids: list[str], header: str) -> int:
-    """Give every test id a row (empty prediction when missing, e.g. an unreadable image); returns how many
-    were added."""
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame(
-        columns=["id", header])
+def complete_submission(path: Path, test_ids: list[str], track: str) -> int:
+    """Give every test id a row of the track's submission (empty prediction when missing, e.g. an unreadable
+    image), written atomically; returns how many were added."""
+    from .data import atomic_write_csv
+    from .submission import HEADERS
+
+    header = HEADERS[track]
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame(columns=header)
     missing = sorted(set(test_ids) - set(frame["id"]))
-    frame = pd.concat([frame, pd.DataFrame({"id": missing, header: [""] * len(missing)})], ignore_index=True)
-    frame.to_csv(path.with_suffix(".tmp"), index=False)
-    os.replace(path.with_suffix(".tmp"), path)
+    frame = pd.concat([frame, pd.DataFrame({header[0]: missing, header[1]: [""] * len(missing)})], ignore_index=True)
+    atomic_write_csv(frame, path)
     return len(missing)
 
 
@@ -313,8 +315,7 @@ def run_kernel(track: str, input_root=None, working=None) -> Path:
     except Exception:  # the submission must exist whatever failed; the reason is printed above it
         traceback.print_exc()
         print("a stage failed: writing empty predictions for the images without one")
-    added = complete_submission(submission, scan_split(competition, "test"),
-                                "landmarks" if track == "recognition" else "images")
+    added = complete_submission(submission, scan_split(competition, "test"), track)
     if added:
         print(f"{added} test image(s) got an empty prediction")
     print(f"submission written in {time.time() - start:.0f} s")
