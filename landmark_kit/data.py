@@ -86,7 +86,8 @@ def scan_split(root: str | os.PathLike, split: str) -> list[str]:
     return sorted(ids)
 
 
-def _read_csv_str(path: str | os.PathLike) -> pd.DataFrame:
+def read_csv_str(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV with every cell a string (empty cells stay ''); unreadable files raise DataError naming them."""
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
@@ -119,7 +120,7 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
 
     Returns a frame with columns ``id`` (str) and ``landmark_id`` (int64), one row per image, file order kept.
     """
-    df = _read_csv_str(path)
+    df = read_csv_str(path)
     cols = list(df.columns)
     if {"id", "landmark_id"} <= set(cols):
         ids = [s.strip() for s in df["id"]]

@@ -54,6 +54,16 @@ def ensemble_dim(ensemble) -> int:
         return sum(build_member(m, torch.device("cpu"))(torch.rand(1, 3, 64, 64)).shape[1] for m in ensemble.members)
 
 
+def _rate(value: float) -> float:
+    """Three significant digits: 0.123 img/s for a big CPU member, 1230 for a GPU."""
+    return float(f"{value:.3g}")
+
+
+def _show(value: float) -> str:
+    """A rate as the table prints it: thousands separated, three significant digits below 100."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _timed(fn, repeats: int) -> float:
     """Seconds per call of ``fn`` after one warm-up call."""
     fn()
@@ -94,23 +104,23 @@ def measure(ensemble, recipe, sample_root: Path, split: str = "test", images: in
             tta = member_tta(build_member(m, device), m.image_size, m.scales, m.flip, device)
             with torch.inference_mode(), amp:
                 seconds += _timed(lambda: tta(x).float().cpu(), 2)
-        rates.forward[name] = round(batch / seconds, 1)
+        rates.forward[name] = _rate(batch / seconds)
     dataset = ImageDataset(sample_root, split, ids, square_transform(largest), max_side=largest)
     loader = DataLoader(dataset, batch_size=batch, num_workers=ensemble.workers, collate_fn=collate_skip_bad,
                         persistent_workers=ensemble.workers > 0)
-    rates.decode = round(len(ids) / _timed(lambda: [None for _ in loader], 1), 1)  # workers started once
+    rates.decode = _rate(len(ids) / _timed(lambda: [None for _ in loader], 1))  # workers started once
     with tempfile.TemporaryDirectory() as tmp:  # the stage's own code paths: loader workers, joblib workers
         start = time.perf_counter()
         store = extract_local(recipe.local, sample_root, split, ids, tmp, progress=False)
-        rates.local = round(len(ids) / (time.perf_counter() - start), 1)
+        rates.local = _rate(len(ids) / (time.perf_counter() - start))
         pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]][:200]
         start = time.perf_counter()
         verify_pairs(pairs, store, recipe.verify)
-        rates.verify = round(len(pairs) / (time.perf_counter() - start), 1)
+        rates.verify = _rate(len(pairs) / (time.perf_counter() - start))
     queries = np.random.default_rng(0).standard_normal((1024, 512)).astype(np.float32)
     database = np.random.default_rng(1).standard_normal((20000, 512)).astype(np.float32)
     seconds = _timed(lambda: knn(queries, database, 100), 1)
-    rates.search_gflops = round(2 * 1024 * 20000 * 512 / seconds / 1e9, 1)
+    rates.search_gflops = _rate(2 * 1024 * 20000 * 512 / seconds / 1e9)
     return rates
 
 
@@ -136,20 +146,22 @@ def estimate(ensemble, recipe, rates: Rates, test: int, index: int, train: int, 
             raise RecipeError(f"no forward rate for member group {name} in the rates ({sorted(rates.forward)})")
         rate = min(rates.forward[name], rates.decode) if rates.decode else rates.forward[name]
         images = test + (0 if "index" in bundled else index) + (0 if "train" in bundled else train)
-        rows.append({"step": f"extract {name} ({', '.join(m.name for m in members)})",
-                     "work": f"{images:,} images", "rate": f"{rate:,.1f} img/s", "hours": images / rate / 3600})
-    search = 2 * test * (train + index) * dim + (2 * index * train * dim if recipe.rerank else 0)
-    rows.append({"step": "exact search (test x train + index" + (", index x train" if recipe.rerank else "") + ")",
-                 "work": f"{search / 1e12:,.1f} TFLOP", "rate": f"{rates.search_gflops:,.1f} GFLOP/s",
+        names = ", ".join(m.name for m in members) if len(members) <= 3 else f"{len(members)} members"
+        rows.append({"step": f"extract {name} ({names})",
+                     "work": f"{images:,} images", "rate": f"{_show(rate)} img/s", "hours": images / rate / 3600})
+    search = 2 * test * (train + index) * dim + 2 * index * train * dim * recipe.rerank
+    searched = "test x train" + (" + index" if index else "") + (", index x train" if recipe.rerank and index else "")
+    rows.append({"step": f"exact search ({searched})",
+                 "work": f"{search / 1e12:,.1f} TFLOP", "rate": f"{_show(rates.search_gflops)} GFLOP/s",
                  "hours": search / (rates.search_gflops * 1e9) / 3600})
-    pairs = test * (recipe.verify_shortlist + recipe.local_rerank)
+    shortlist, rerank = min(recipe.verify_shortlist, train), min(recipe.local_rerank, index)
+    pairs = test * (shortlist + rerank)
     if pairs:
-        images = test + min(train, test * recipe.verify_shortlist) + min(index, test * recipe.local_rerank)
+        images = test + min(train, test * shortlist) + min(index, test * rerank)
         rows.append({"step": "local features (test + shortlisted, at most)", "work": f"{images:,} images",
-                     "rate": f"{rates.local:,.1f} img/s", "hours": images / rates.local / 3600})
-        rows.append({"step": f"spatial verification (shortlist {recipe.verify_shortlist}, re-ranking "
-                             f"{recipe.local_rerank})", "work": f"{pairs:,} pairs",
-                     "rate": f"{rates.verify:,.1f} pairs/s", "hours": pairs / rates.verify / 3600})
+                     "rate": f"{_show(rates.local)} img/s", "hours": images / rates.local / 3600})
+        rows.append({"step": f"spatial verification (shortlist {shortlist}, re-ranking {rerank})", "work": f"{pairs:,} pairs",
+                     "rate": f"{_show(rates.verify)} pairs/s", "hours": pairs / rates.verify / 3600})
     total = sum(r["hours"] for r in rows)
     rows.append({"step": "total", "work": "", "rate": "",
                  "hours": total, "fits": f"{'yes' if total <= limit_hours else 'no'} (limit {limit_hours:g} h)"})

@@ -364,10 +364,14 @@ def run_estimate(args: argparse.Namespace) -> str:
 
     ensemble = load_ensemble(args.ensemble)
     recipe = check_config(load_recipe(PredictConfig, args.recipe) if args.recipe else PredictConfig())
-    rates = load_rates(args.rates) if args.rates else measure(ensemble, recipe, Path(args.sample_root))
+    if args.rates:
+        rates = load_rates(args.rates)
+    else:
+        rates = measure(ensemble, recipe, Path(args.sample_root), batch=args.measure_batch)
     if args.save_rates:
         save_recipe(rates, args.save_rates)
-    return format_rows(estimate(ensemble, recipe, rates, args.test, args.index, args.train, ensemble_dim(ensemble),
+    return format_rows(estimate(ensemble, recipe, rates, args.test, args.index, args.train,
+                                args.dim or ensemble_dim(ensemble),
                                 args.limit_hours, tuple(args.bundled)), rates)
 
 
@@ -406,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--rates", help="rates measured on another machine (YAML from --save-rates); default: measure here")
     e.add_argument("--save-rates", help="write the rates measured here to this YAML")
     e.add_argument("--sample-root", default="runs/demo/synthetic", help="Kaggle-layout folder with sample images")
+    e.add_argument("--dim", type=int, help="descriptor width searched (default the ensemble's concatenation)")
+    e.add_argument("--measure-batch", type=int, default=16,
+                   help="forward batch when measuring (smaller for big members on a CPU; use the kernel's on a GPU)")
     args = ap.parse_args(argv)
     try:
         if args.command == "estimate":

@@ -1,15 +1,22 @@
 #!/usr/bin/env python
-"""Stage 00: data in. ``from-folders``: any labelled photo folder as a Kaggle-layout competition;
-``kaggle``: a Kaggle competition's files through the kaggle CLI, unzipped and checked.
+"""Stage 00: data in. ``gldv2``: the official GLDv2 tar shards, md5-checked, extracted, resumable;
+``from-folders``: any labelled photo folder as a Kaggle-layout competition; ``kaggle``: a Kaggle
+competition's files through the kaggle CLI, unzipped and checked.
 
+  python stages/00_data.py gldv2 --split train|index|test --out DIR [--shards 0-9] [--base-url URL] [--workers N]
   python stages/00_data.py from-folders SRC --out DIR [--seed S] [--half second]
   python stages/00_data.py kaggle landmark-recognition-2021 --out DIR
+
+gldv2 writes DIR/<split>/a/b/c/<id>.jpg, DIR/metadata/ and DIR/ground_truth/ as published, and for the
+images on disk DIR/train.csv + DIR/train_clean.csv (train) or DIR/{recognition,retrieval}_solution.csv
+(test, the v2.1 ground truth); a rerun skips shards already complete; a shard whose md5 does not match is
+refused by name and the command exits 1 after finishing the others (landmark_kit/gldv2.py).
 
 SRC holds one folder per landmark (folder name = label) plus an optional distractors/ folder, or flat files
 named <label>__<name> with `distractor` as the non-landmark label (as ../shared/realdev). DIR gets train/,
 test/, index/ (a/b/c/<id>.jpg), train.csv, both solution CSVs (Public / Private, Ignored rows for
 non-landmark retrieval queries), sample submissions and ground_truth.csv; the split rule is in
-landmark_kit/folders.py. Downloading GLDv2 shards (issue 14) is not built yet.
+landmark_kit/folders.py.
 """
 
 from __future__ import annotations
@@ -20,12 +27,21 @@ import sys
 
 from landmark_kit.data import DataError
 from landmark_kit.folders import HALVES, build
+from landmark_kit.gldv2 import SHARDS, Gldv2Config, download, parse_shards
 from landmark_kit.kaggle import download_competition
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("gldv2", help="GLDv2 tar shards: download, md5 check, extract, CSVs (resumable)")
+    g.add_argument("--split", required=True, choices=sorted(SHARDS))
+    g.add_argument("--out", required=True, help="dataset root: <split>/a/b/c/<id>.jpg and the CSVs go here")
+    g.add_argument("--shards", help="e.g. 0-9 or 0,5,7-8 (default: all: train 0-499, index 0-99, test 0-19)")
+    g.add_argument("--base-url", default=Gldv2Config.base_url)
+    g.add_argument("--workers", type=int, default=Gldv2Config.workers, help="shards in flight at once")
+    g.add_argument("--keep-tars", action="store_true", help="keep each verified tar after extracting it")
+    g.add_argument("--no-progress", action="store_true")
     f = sub.add_parser("from-folders", help="a labelled photo folder as a Kaggle-layout competition")
     f.add_argument("src", help="one folder per landmark (+ distractors/), or flat <label>__<name> files")
     f.add_argument("--out", required=True, help="the competition folder to write")
@@ -37,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
+        if args.command == "gldv2":
+            cfg = Gldv2Config(base_url=args.base_url.rstrip("/"), workers=args.workers, keep_tars=args.keep_tars)
+            summary = download(args.split, args.out, parse_shards(args.shards, args.split), cfg,
+                               progress=not args.no_progress).__dict__
+            print(json.dumps(summary))
+            for name, reason in summary["failed"].items():
+                print(f"failed: {name}: {reason}", file=sys.stderr)
+            return 1 if summary["failed"] else 0
         if args.command == "kaggle":
             summary = download_competition(args.competition, args.out)
         else:

@@ -125,6 +125,9 @@ def test_estimate_counts_each_step_and_measures_rates_here(tiny_ensemble, tiny_c
     bundled = estimate(ensemble, recipe, rates, 1000, 2000, 3000, 64, 0.4, bundled=("train", "index"))
     assert bundled[0]["hours"] == pytest.approx(1000 / 50 / 3600)  # only the test images are extracted
     assert bundled[1]["hours"] == rows[1]["hours"]  # the bundled splits are still searched
+    no_index = {r["step"]: r["hours"] for r in estimate(ensemble, recipe, rates, 1000, 0, 3000, 64)}
+    assert no_index["exact search (test x train)"] == pytest.approx(2 * 64 * 1000 * 3000 / 1e9 / 3600)
+    assert no_index["spatial verification (shortlist 10, re-ranking 0)"] == pytest.approx(1000 * 10 / 20 / 3600)
     measured = measure(ensemble, recipe, tiny_competition, images=8, batch=4)
     assert measured.forward["48px"] > 0 and measured.decode > 0 and measured.local > 0 and measured.verify > 0
     saved = tmp_path / "rates.yaml"
@@ -134,6 +137,9 @@ def test_estimate_counts_each_step_and_measures_rates_here(tiny_ensemble, tiny_c
     assert "| total |" in first and saved.is_file()
     assert kaggle.main(["estimate", "--ensemble", str(tiny_ensemble), "--test", "1000", "--rates", str(saved)]) == 0
     assert capsys.readouterr().out == first  # the same rates give the same table
+    assert kaggle.main(["estimate", "--ensemble", str(tiny_ensemble), "--test", "1000", "--rates", str(saved),
+                        "--dim", "6400", "--train", "1000000"]) == 0
+    assert "12.8 TFLOP" in capsys.readouterr().out  # 2 x 1000 x 1e6 x 6400: --dim is the width searched
 
 
 def test_member_weight_files_travel_with_the_bundle(tiny_competition, tmp_path):
