@@ -68,7 +68,7 @@ def bare_download(url: str, shards: int, workers: int) -> float:
     """Seconds to read every shard's body (no disk, no md5), ``workers`` at once."""
     def read(s: int) -> None:
         with urllib.request.urlopen(f"{url}/test/images_{s:03d}.tar") as response:
-            while response.read(1 << 20):
+            while response.read1(1 << 20):
                 pass
 
     start = time.perf_counter()

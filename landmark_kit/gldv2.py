@@ -117,8 +117,9 @@ def fetch(url: str, dest: Path, cfg: Gldv2Config, bar: tqdm | None = None) -> tu
                 length = response.headers.get("Content-Length")
                 expected = (start if resumed else 0) + int(length) if length is not None else None
                 with open(part, "ab" if resumed else "wb") as fh:
-                    while chunk := response.read(CHUNK):
+                    while chunk := response.read1(CHUNK):  # what has arrived, on disk at once (kill-safe)
                         fh.write(chunk)
+                        fh.flush()
                         digest.update(chunk)
                         received += len(chunk)
                         if bar is not None:

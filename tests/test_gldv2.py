@@ -8,8 +8,11 @@ import hashlib
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -98,6 +101,8 @@ class Server:
     def __init__(self, root: Path) -> None:
         self.gets: list[tuple[str, str | None]] = []
         self.cut: set[str] = set()
+        self.stall: set[str] = set()  # next GET sends half the body, then waits until `release` is set
+        self.release = threading.Event()
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
@@ -122,6 +127,12 @@ class Server:
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 body = data[start:]
+                if self.path in server.stall:
+                    server.stall.discard(self.path)
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    server.release.wait(60)
+                    return
                 if self.path in server.cut:
                     server.cut.discard(self.path)
                     body = body[: len(body) // 2]
@@ -132,6 +143,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+
     def tar_gets(self) -> list[tuple[str, str | None]]:
         return [g for g in self.gets if g[0].endswith(".tar")]
 
@@ -140,7 +155,7 @@ class Server:
 def server(bucket):
     srv = Server(bucket[0])
     yield srv
-    srv.httpd.shutdown()
+    srv.close()
 
 
 def _cfg(server: Server, **kw) -> Gldv2Config:
@@ -237,3 +252,26 @@ def test_missing_shard_reported(bucket, server, tmp_path):
     (root / "test" / "images_002.tar").unlink()
     summary = download("test", tmp_path / "gld", [1, 2], _cfg(server), progress=False)
     assert summary.completed == ["images_001"] and "404" in summary.failed["images_002"]
+
+
+def test_killed_mid_download_resumes_from_the_part(bucket, server, tmp_path):
+    _, ids = bucket
+    out = tmp_path / "gld"
+    part = out / ".gldv2" / "test" / "images_000.tar.part"
+    server.stall.add("/test/images_000.tar")
+    cmd = [sys.executable, str(ROOT / "stages" / "00_data.py"), "gldv2", "--split", "test", "--out", str(out),
+           "--shards", "0", "--base-url", server.url, "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size > 0):
+        assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (out / "test").exists() and not (out / ".gldv2" / "test" / "images_000.json").exists()
+    size = part.stat().st_size
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["completed"] == ["images_000"]
+    assert server.tar_gets()[-1] == ("/test/images_000.tar", f"bytes={size}-")
+    assert set(scan_split(out, "test")) == set(ids["test"][0])
