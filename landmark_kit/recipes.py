@@ -93,19 +93,32 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def read_recipe_fields(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The fields of a YAML recipe; ``extends: other.yaml`` (relative to the recipe's folder) first loads that
+    recipe's fields, which this one then overrides, so variants of a recipe state only what differs."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise RecipeError(f"{path}: extended recipes form a cycle ({' -> '.join(str(p) for p in _seen)})")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise RecipeError(f"{path}: extends must name a recipe file, found {base!r}")
+    return {**read_recipe_fields(path.parent / base, (*_seen, path.resolve())), **loaded}
+
+
 def load_recipe(cls: type[T], path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> T:
-    """Defaults of ``cls``, updated by the YAML file at ``path`` (if any), then by ``overrides``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise RecipeError(f"recipe not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise RecipeError(f"{path}: expected a mapping at the top level")
-        data.update(loaded)
+    """Defaults of ``cls``, updated by the YAML file at ``path`` (if any, with its ``extends`` chain), then by
+    ``overrides``."""
+    data: dict[str, Any] = read_recipe_fields(path) if path is not None else {}
     data.update(overrides or {})
     return from_dict(cls, data, str(path) if path else cls.__name__)
 

@@ -53,6 +53,20 @@ def test_bad_recipes_name_the_problem(tmp_path, text, message):
         load_recipe(Outer, path)
 
 
+def test_extends_recipe_chain(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("size: 320\nflag: true\nscales: [1, 2]\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("extends: ../base.yaml\nsize: 400\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("extends: mid.yaml\nscales: [3]\n")
+    assert load_recipe(Outer, tmp_path / "sub" / "leaf.yaml", {"flag": False}) == Outer(400, (3.0,), [], False)
+    (tmp_path / "base.yaml").write_text("extends: sub/leaf.yaml\n")
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(Outer, tmp_path / "sub" / "leaf.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(RecipeError, match="recipe not found: .*nowhere.yaml"):
+        load_recipe(Outer, tmp_path / "orphan.yaml")
+
+
 def test_cli_flags_only_override_what_is_given():
     ap = argparse.ArgumentParser()
     add_recipe_flags(ap, Inner)

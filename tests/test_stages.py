@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +48,9 @@ def test_train_writes_checkpoint_config_and_log(trained):
     model, cfg = load_trained(trained / "model.pt")
     assert cfg.model == "test_efficientnet" and cfg.dim == 32 and cfg.weights is None
     assert (trained / "config.yaml").is_file() and (trained / "last.pt").is_file()
-    epoch, loss, acc, img_s, lr = (trained / "log.csv").read_text().strip().split(",")
-    assert epoch == "1" and float(loss) > 0 and float(img_s) > 0
+    (row,) = csv.DictReader(io.StringIO((trained / "log.csv").read_text()))
+    assert row["epoch"] == "1" and row["stage"] == "main" and float(row["loss"]) > 0 and float(row["img_s"]) > 0
+    assert (trained / "curves.png").read_bytes()[:4] == b"\x89PNG"
     with torch.no_grad():
         out = model.describe(torch.zeros(2, 3, 64, 64))
     assert out.shape == (2, 32) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
@@ -70,7 +73,7 @@ def test_train_resumes_from_last_checkpoint(tiny_competition, tmp_path):
     (part / "model.pt").unlink()
     (part / "config.yaml").unlink()
     resumed = train(cfg, tiny_competition, part, progress=False)
-    assert len((part / "log.csv").read_text().strip().splitlines()) == 2  # epoch 1 not trained again
+    assert len((part / "log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs, 1 not trained again
     assert torch.load(resumed, weights_only=True)["classes"].tolist() == \
         torch.load(full, weights_only=True)["classes"].tolist()
 
@@ -229,7 +232,7 @@ def test_frozen_stages_keep_their_weights_and_batchnorm_statistics(tiny_competit
                       workers=0, dim=32, freeze_stages=2)
     trained = torch.load(train(cfg, tiny_competition, tmp_path / "run", progress=False), weights_only=True)
     seed_everything(cfg.seed)  # the initial weights train() started from
-    initial = build_model(cfg, len(trained["classes"]))[0].state_dict()
+    initial = build_model(cfg, np.ones(len(trained["classes"])))[0].state_dict()
     frozen = ("backbone.conv_stem.", "backbone.bn1.", "backbone.blocks.0.", "backbone.blocks.1.")
     for key, value in trained["model"].items():
         if key.startswith(frozen):

@@ -1,0 +1,80 @@
+"""Stage-02 ablation on the demo's synthetic competition: heads (softmax, ArcFace, CosFace, sub-center ArcFace +
+dynamic margins), each with and without a final epoch at larger sides with BatchNorm frozen, several seeds.
+Every variant is the demo's recipe (``training/synthetic-lite0.yaml``) with only the named fields changed;
+each trained model alone, plain kNN (stage 03 + 04 defaults), scored like stage 05; mean and spread (sample
+standard deviation) over the seeds. Resumable: finished trainings and extractions are reused on a rerun.
+
+    python benchmarks/ablate_training.py [--data runs/demo/synthetic --workdir runs/ablate-train --seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from landmark_kit.artifacts import write_text
+from landmark_kit.demo import score_row
+from landmark_kit.ensemble import EnsembleConfig, MemberConfig, run_ensemble
+from landmark_kit.predict import predict
+from landmark_kit.readme import machine, markdown_table
+from landmark_kit.recipes import load_recipe
+from landmark_kit.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+HEADS = {
+    "softmax": {"head": "softmax"},
+    "ArcFace": {"head": "arcface"},
+    "CosFace": {"head": "cosface"},
+    "sub-center ArcFace k=3 + dynamic margins": {"head": "subcenter", "subcenters": 3, "dynamic_margin": True},
+}
+FINAL = {"final_epochs": 1, "final_sides": [160]}  # the 12 main epochs at 128 px, then one at 160 px, BN frozen
+
+
+def run_variant(data: Path, workdir: Path, overrides: dict) -> dict:
+    """Train one variant (or reuse it), extract test/train/index with it alone, predict, score."""
+    cfg = load_recipe(TrainConfig, REPO / "training" / "synthetic-lite0.yaml", overrides)
+    checkpoint = train(cfg, data, workdir / "train", progress=False)
+    side = max(cfg.final_sides or cfg.sides or [cfg.image_size])
+    ensemble = EnsembleConfig(members=[MemberConfig(name="model", checkpoint=str(checkpoint), image_size=side)])
+    run_ensemble(ensemble, data, workdir / "ensemble")
+    return score_row("", data, *predict(data, workdir / "ensemble", workdir / "submission"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="runs/demo/synthetic")
+    ap.add_argument("--workdir", default="runs/ablate-train")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    args = ap.parse_args()
+    data, out = Path(args.data), Path(args.workdir)
+    rows, raw = [], {}
+    for head in args.heads:
+        for final in (False, True):
+            name = head + (" + final BN-frozen epoch at 160 px" if final else "")
+            scores = []
+            for seed in args.seeds:
+                overrides = {**HEADS[head], **(FINAL if final else {}), "seed": seed}
+                slug = f"{HEADS[head]['head']}{'-final' if final else ''}-s{seed}"
+                scores.append(run_variant(data, out / slug, overrides))
+                print(f"{name}, seed {seed}: GAP {scores[-1]['GAP']:.4f} mAP@100 {scores[-1]['mAP@100']:.4f}",
+                      flush=True)
+            gap = np.array([s["GAP"] for s in scores])
+            mean_ap = np.array([s["mAP@100"] for s in scores])
+            raw[name] = {"GAP": gap.tolist(), "mAP@100": mean_ap.tolist()}
+            spread = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
+            rows.append({"variant": name, "GAP mean": f"{gap.mean():.4f}", "GAP sd": f"{spread(gap):.4f}",
+                         "mAP@100 mean": f"{mean_ap.mean():.4f}", "mAP@100 sd": f"{spread(mean_ap):.4f}"})
+    text = (f"{machine()}; `python benchmarks/ablate_training.py --seeds {' '.join(map(str, args.seeds))}` on "
+            f"`{data}` ({len(args.seeds)} seeds each; sd = sample standard deviation over the seeds).\n\n"
+            + markdown_table(rows) + "\n")
+    write_text(out / "ablation.md", text)
+    write_text(out / "ablation.json", json.dumps(raw, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

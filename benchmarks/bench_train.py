@@ -1,0 +1,87 @@
+"""Stage-02 training throughput (``train``: loader workers decoding + resizing, device augmentation, forward,
+backward, optimizer, checkpoints, logging) against the bare forward + backward + optimizer step of the same
+model, head and recipe on the same batches already decoded on the device, measured in one run. Target >= 0.9
+(issue 15). The train figure is the main epochs' img/s from the run's ``log.csv``.
+
+    python benchmarks/bench_train.py [--data runs/demo/synthetic --recipe training/synthetic-lite0.yaml --epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landmark_kit.augment import DeviceAugment
+from landmark_kit.data import ImageDataset, read_train_csv
+from landmark_kit.extract import ShapedDataset
+from landmark_kit.models import input_normalisation
+from landmark_kit.recipes import load_recipe
+from landmark_kit.synthetic import SyntheticConfig, generate
+from landmark_kit.train import TrainConfig, Trainable, build_model, freeze_stages, resolve_device, train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="runs/demo/synthetic")
+    ap.add_argument("--recipe", default="training/synthetic-lite0.yaml")
+    ap.add_argument("--epochs", type=int, default=2, help="main epochs of the timed run (no final stage)")
+    ap.add_argument("--steps", type=int, default=20, help="bare steps timed after 2 warm-up steps")
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not (data / "train.csv").is_file():
+        generate(data, SyntheticConfig(), progress=False)
+    cfg = load_recipe(TrainConfig, args.recipe, {"epochs": args.epochs, "final_epochs": 0, "final_sides": [],
+                                                  "val_queries": 0, "checkpoint_every": 0})
+    side = max(cfg.sides or [cfg.image_size])
+    device = resolve_device(cfg.device)
+    train_df = read_train_csv(data / "train.csv")
+    _, targets, counts = np.unique(train_df["landmark_id"].to_numpy(), return_inverse=True, return_counts=True)
+    net, head = build_model(cfg, counts)
+    frozen = freeze_stages(net.backbone, cfg.freeze_stages)
+    module = Trainable(net, head, DeviceAugment("none", *input_normalisation(net.backbone)), cfg).to(device)
+    net.to(memory_format=torch.channels_last)
+    module.train()
+    for m in frozen:
+        m.eval()
+    base = ImageDataset(data, "train", train_df["id"].tolist()[: cfg.batch_size * 4], max_side=2 * side)
+    shaped = ShapedDataset(base, [(side, side)] * len(base))
+    batches = torch.stack([shaped[i][0] for i in range(len(shaped))]).to(device).view(4, cfg.batch_size, 3, side, side)
+    labels = torch.as_tensor(targets[: cfg.batch_size * 4]).to(device).view(4, cfg.batch_size)
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+    def step(i: int) -> None:
+        loss, _ = module(batches[i % 4], labels[i % 4])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(2):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(args.steps):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    bare = args.steps * cfg.batch_size / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, data, tmp, progress=False)
+        rows = list(csv.DictReader(io.StringIO((Path(tmp) / "log.csv").read_text())))
+    full = float(np.mean([float(r["img_s"]) for r in rows]))
+    print(json.dumps({"recipe": args.recipe, "model": cfg.model, "side": side, "batch_size": cfg.batch_size,
+                      "workers": cfg.workers, "device": str(device), "augment": cfg.augment,
+                      "bare_train_step_img_per_s": round(bare, 1), "train_img_per_s": round(full, 1),
+                      "per_epoch": [float(r["img_s"]) for r in rows], "ratio": round(full / bare, 3)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
