@@ -150,16 +150,22 @@ def _parse_flag(text: str, hint: Any) -> Any:
 
 
 def add_recipe_flags(parser: argparse.ArgumentParser, cls: type, only: set[str] | None = None) -> None:
-    """One ``--field-name`` flag per scalar field of ``cls``; flags not given stay out of the namespace."""
+    """One ``--field-name`` flag per scalar field of ``cls``, and one taking several values per list of
+    scalars (``--sides 352 384 448 512``); flags not given stay out of the namespace."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if only is not None and f.name not in only:
             continue
-        hint = hints[f.name]
-        if typing.get_origin(hint) in (list, tuple, dict) or dataclasses.is_dataclass(hint):
+        hint, nargs = hints[f.name], None
+        if typing.get_origin(hint) is list and typing.get_args(hint)[0] in (int, float, str):
+            hint, nargs = typing.get_args(hint)[0], "*"
+        elif typing.get_origin(hint) in (list, tuple, dict) or dataclasses.is_dataclass(hint):
             continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, nargs=nargs,
                             type=lambda text, h=hint: _parse_flag(text, h), help=f"(default {default!r})")
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Stage 02: train a backbone with GeM + FC/BN neck + ArcFace/CosFace head.
+"""Stage 02: train a backbone with GeM + FC/BN neck + ArcFace / CosFace / sub-center ArcFace / softmax head.
 
   python stages/02_train.py --data-root runs/demo/synthetic --workdir runs/train/lite0 [--recipe R.yaml]
                             [--model tf_efficientnet_lite0 --epochs 5 --image-size 224 ...]
+  torchrun --nproc-per-node 4 stages/02_train.py ... (DistributedDataParallel; gloo on CPU, nccl on CUDA)
 
-Every field of the recipe is also a flag; flags override the recipe. Re-running resumes the run.
+Every field of the recipe is also a flag; flags override the recipe. Re-running the same command resumes
+from the last checkpoint and ends with exactly the tensors of an uninterrupted run.
 """
 
 from __future__ import annotations

@@ -67,6 +67,23 @@ def test_extends_recipe_chain(tmp_path):
         load_recipe(Outer, tmp_path / "orphan.yaml")
 
 
+def test_list_fields_take_several_values():
+    @dataclass
+    class WithList:
+        sides: list[int] = field(default_factory=list)
+        members: list[Inner] = field(default_factory=list)
+
+    ap = argparse.ArgumentParser()
+    add_recipe_flags(ap, WithList)
+    assert flag_overrides(ap.parse_args(["--sides", "352", "384"]), WithList) == {"sides": [352, 384]}
+    assert flag_overrides(ap.parse_args(["--sides"]), WithList) == {"sides": []}
+    assert flag_overrides(ap.parse_args([]), WithList) == {}
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--members", "a"])
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--sides", "big"])
+
+
 def test_cli_flags_only_override_what_is_given():
     ap = argparse.ArgumentParser()
     add_recipe_flags(ap, Inner)
