@@ -307,6 +307,8 @@ def validate(net: LandmarkNet, cfg: TrainConfig, root, ids: list[str], labels: n
     from .extract import describe_split
     from .metrics import global_average_precision, retrieval_metrics
     from .models import Describer
+    from .recognition import nearest_neighbour_labels
+    from .retrieval import neighbour_lists
     from .search import knn
 
     rest = np.setdiff1d(np.arange(len(ids)), query_pos)
@@ -322,12 +324,13 @@ def validate(net: LandmarkNet, cfg: TrainConfig, root, ids: list[str], labels: n
     q, db = feats[: len(query_pos)], feats[len(query_pos):]
     scores, nn_idx = knn(q, db, min(100, len(database)))
     qids = [ids[i] for i in query_pos]
-    top = nn_idx[:, 0]
-    pred = pd.DataFrame({"id": qids, "landmark_id": labels[database][top], "score": scores[:, 0]})
-    solution = {i: [int(labels[p])] for i, p in zip(qids, query_pos)}
-    gap = global_average_precision(pred, solution)
-    ranked = {i: [ids[database[j]] for j in row if j >= 0] for i, row in zip(qids, nn_idx)}
-    truth = {i: [ids[d] for d in database if labels[d] == labels[p]] for i, p in zip(qids, query_pos)}
+    db_ids, db_labels = np.asarray(ids, dtype=object)[database], labels[database]
+    top_labels, top_scores = nearest_neighbour_labels(scores, nn_idx, db_labels)
+    pred = pd.DataFrame({"id": qids, "landmark_id": top_labels, "score": top_scores})
+    gap = global_average_precision(pred, {i: [int(labels[p])] for i, p in zip(qids, query_pos)})
+    ranked = dict(zip(qids, neighbour_lists(nn_idx, db_ids)))
+    of_label = {label: db_ids[db_labels == label].tolist() for label in np.unique(labels[query_pos])}
+    truth = {i: of_label[labels[p]] for i, p in zip(qids, query_pos)}
     return {"val_gap": round(gap, 4), "val_map100": round(retrieval_metrics(ranked, truth)["mAP@100"], 4)}
 
 
