@@ -80,6 +80,7 @@ class TrainConfig:
     augment: str = "soft"  # soft: crop/scale + light colour | hard: + shear, stronger colour | none
     val_queries: int = 0  # hold out one image of this many labels (>= 3 images) and score GAP / mAP@100 each epoch
     val_database: int = 5000  # at most this many remaining train images searched by the validation queries
+    val_distractors: int = 0  # also query this many non-landmark test images (<data_root>/recognition_solution.csv)
     train_csv: str | None = None  # default <data_root>/train.csv (e.g. a cleaned CSV from stage 01)
     workers: int = 2
     seed: int = 0
@@ -298,10 +299,27 @@ def split_validation(labels: np.ndarray, queries: int, seed: int) -> np.ndarray:
     return np.sort(np.array([rng.choice(np.flatnonzero(labels == c)) for c in chosen], dtype=np.int64))
 
 
+def validation_distractors(root, count: int, seed: int) -> list[str]:
+    """Up to ``count`` test ids the data root's ``recognition_solution.csv`` marks as non-landmark (empty
+    landmarks): validation queries that should get low scores. None when the file is absent (e.g. on Kaggle).
+    They only monitor training (no epoch is chosen by them), so a test solution used here leaks nothing."""
+    from .submission import read_solution
+
+    path = Path(root) / "recognition_solution.csv"
+    if count <= 0 or not path.is_file():
+        if count > 0:
+            log.warning("val_distractors: %s not found; validating without distractors", path)
+        return []
+    pool = sorted(i for i, labels in read_solution(path).all.items() if not labels)
+    return sorted(np.random.default_rng([seed, 13]).permutation(pool)[:count].tolist())
+
+
 def validate(net: LandmarkNet, cfg: TrainConfig, root, ids: list[str], labels: np.ndarray,
-             query_pos: np.ndarray, device: torch.device, sides: list[int]) -> dict[str, float]:
+             query_pos: np.ndarray, device: torch.device, sides: list[int],
+             distractors: list[str] = ()) -> dict[str, float]:
     """kNN GAP and mAP@100 of the held-out queries against (a capped sample of) the training images, at the
-    current stage's ``sides`` (square at the largest, or aspect buckets)."""
+    current stage's ``sides`` (square at the largest, or aspect buckets). Non-landmark ``distractors`` (test
+    ids) are queried too: their predictions count against GAP as in the competition; mAP skips them."""
     import pandas as pd
 
     from .extract import describe_split
@@ -318,17 +336,21 @@ def validate(net: LandmarkNet, cfg: TrainConfig, root, ids: list[str], labels: n
     others = np.random.default_rng([cfg.seed, 11]).permutation(others)[:room]
     database = np.sort(np.concatenate([same, others]))
     describer = Describer(net).eval()
+    options = dict(size=max(sides), batch_size=cfg.batch_size, workers=cfg.workers, device=str(device), amp=cfg.amp,
+                   aspect=len(set(sides)) > 1)
     feats, _ = describe_split(describer, root, "train", [ids[i] for i in np.concatenate([query_pos, database])],
-                              size=max(sides), batch_size=cfg.batch_size, workers=cfg.workers, device=str(device),
-                              amp=cfg.amp, aspect=len(set(sides)) > 1)
+                              **options)
     q, db = feats[: len(query_pos)], feats[len(query_pos):]
+    if len(distractors):
+        q = np.concatenate([q, describe_split(describer, root, "test", list(distractors), **options)[0]])
     scores, nn_idx = knn(q, db, min(100, len(database)))
     qids = [ids[i] for i in query_pos]
     db_ids, db_labels = np.asarray(ids, dtype=object)[database], labels[database]
     top_labels, top_scores = nearest_neighbour_labels(scores, nn_idx, db_labels)
-    pred = pd.DataFrame({"id": qids, "landmark_id": top_labels, "score": top_scores})
-    gap = global_average_precision(pred, {i: [int(labels[p])] for i, p in zip(qids, query_pos)})
-    ranked = dict(zip(qids, neighbour_lists(nn_idx, db_ids)))
+    pred = pd.DataFrame({"id": qids + list(distractors), "landmark_id": top_labels, "score": top_scores})
+    solution = {i: [int(labels[p])] for i, p in zip(qids, query_pos)} | {i: [] for i in distractors}
+    gap = global_average_precision(pred, solution)
+    ranked = dict(zip(qids, neighbour_lists(nn_idx[: len(qids)], db_ids)))
     of_label = {label: db_ids[db_labels == label].tolist() for label in np.unique(labels[query_pos])}
     truth = {i: of_label[labels[p]] for i, p in zip(qids, query_pos)}
     return {"val_gap": round(gap, 4), "val_map100": round(retrieval_metrics(ranked, truth)["mAP@100"], 4)}
@@ -391,6 +413,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
                                             return_counts=True)
     ids = train_df["id"].tolist()
     val_pos = split_validation(targets_np, cfg.val_queries, cfg.seed)
+    val_distractors = validation_distractors(data_root, cfg.val_distractors, cfg.seed) if len(val_pos) else []
     train_pos = np.setdiff1d(np.arange(len(ids)), val_pos)
     targets = torch.as_tensor(targets_np)
     net, head = build_model(cfg, counts)
@@ -516,7 +539,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
                "img_s": round(acc["seen"] * world.size / max(acc["seconds"], 1e-9), 2),
                "lr": optimizer.param_groups[0]["lr"], "val_gap": "", "val_map100": ""}
         if world.main and len(val_pos):
-            row.update(validate(net, cfg, data_root, ids, targets_np, val_pos, device, stage_sides[epoch]))
+            row.update(validate(net, cfg, data_root, ids, targets_np, val_pos, device, stage_sides[epoch],
+                                val_distractors))
             module.train()
         history.append(row)
         if world.main:

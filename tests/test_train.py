@@ -55,33 +55,43 @@ def uninterrupted(syn8, tmp_path_factory):
     return workdir
 
 
-def test_killed_run_resumes_to_the_same_tensors(syn8, uninterrupted, tmp_path):
-    workdir = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(syn8, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
-                            cwd=ROOT)
+def _kill_after_first_checkpoint(cmd: list[str], workdir: Path, env: dict) -> None:
+    """Start ``cmd`` in its own process group and SIGKILL the whole group once ``last.pt`` appears."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+                            start_new_session=True)
     last = workdir / "last.pt"
     deadline = time.monotonic() + 300
     while not last.exists():  # the first checkpoint: step 3 of epoch 1
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (workdir / "model.pt").exists()
     state = torch.load(last, weights_only=True)
     assert (state["epoch"], state["step"]) < (4, 0)  # killed mid-run
-    done = subprocess.run(_cmd(syn8, workdir), capture_output=True, text=True, env=_env(), cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming" in done.stderr
-    a = torch.load(uninterrupted / "model.pt", weights_only=True)["model"]
+
+
+def _assert_same_run(expected: Path, workdir: Path) -> None:
+    """model.pt, every tensor of last.pt's module (head, sub-centres, BN statistics) and the log agree."""
+    a = torch.load(expected / "model.pt", weights_only=True)["model"]
     b = torch.load(workdir / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    full_state = torch.load(uninterrupted / "last.pt", weights_only=True)
-    resumed_state = torch.load(last, weights_only=True)
-    for key, value in full_state["module"].items():  # head (sub-centres) and BN statistics too
+    full_state = torch.load(expected / "last.pt", weights_only=True)
+    resumed_state = torch.load(workdir / "last.pt", weights_only=True)
+    for key, value in full_state["module"].items():
         assert torch.equal(value, resumed_state["module"][key]), key
-    assert _losses(uninterrupted) == _losses(workdir)  # the log has each epoch once, same figures
+    assert _losses(expected) == _losses(workdir)  # the log has each epoch once, same figures
+
+
+def test_killed_run_resumes_to_the_same_tensors(syn8, uninterrupted, tmp_path):
+    workdir = tmp_path / "killed"
+    _kill_after_first_checkpoint(_cmd(syn8, workdir), workdir, _env())
+    done = subprocess.run(_cmd(syn8, workdir), capture_output=True, text=True, env=_env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr
+    _assert_same_run(uninterrupted, workdir)
 
 
 def test_tiny_recipe_runs_every_feature(uninterrupted):
@@ -135,18 +145,53 @@ def test_buckets_and_batches_are_pure():
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_to_the_end(syn8, tmp_path):
+def test_torchrun_two_processes_train_and_resume_exactly(syn8, tmp_path):
+    """Two gloo processes train to the end; the whole process group SIGKILLed after its first checkpoint and
+    started again ends with exactly the tensors of the uninterrupted two-process run."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun, "torchrun not found beside the interpreter"
-    workdir = tmp_path / "ddp"
-    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", str(ROOT / "stages" / "02_train.py"),
-           "--data-root", str(syn8), "--workdir", str(workdir), "--recipe", str(RECIPE)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"}, cwd=ROOT,
-                          timeout=900)
+
+    def cmd(workdir: Path) -> list[str]:
+        return [torchrun, "--standalone", "--nproc-per-node", "2", str(ROOT / "stages" / "02_train.py"),
+                "--data-root", str(syn8), "--workdir", str(workdir), "--recipe", str(RECIPE)]
+
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "ddp", tmp_path / "ddp-killed"
+    done = subprocess.run(cmd(full), capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    state = torch.load(workdir / "last.pt", weights_only=True)
+    state = torch.load(full / "last.pt", weights_only=True)
     assert len(state["rng"]) == 2 and state["epoch"] == 4
-    assert (workdir / "model.pt").is_file() and len(_losses(workdir)) == 4
+    assert (full / "model.pt").is_file() and len(_losses(full)) == 4
+    _kill_after_first_checkpoint(cmd(killed), killed, env)
+    done = subprocess.run(cmd(killed), capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stderr
+    _assert_same_run(full, killed)
+
+
+def test_validation_scores_distractors(syn8):
+    """Non-landmark test images from the data root's recognition solution join the validation queries: they
+    lower GAP (their predictions take ranks) and leave mAP@100 alone."""
+    from landmark_kit.data import read_train_csv
+    from landmark_kit.recipes import load_recipe
+    from landmark_kit.submission import read_solution
+    from landmark_kit.train import TrainConfig, build_model, validate, validation_distractors
+
+    cfg = load_recipe(TrainConfig, RECIPE, {"workers": 0})
+    distractors = validation_distractors(syn8, 6, cfg.seed)
+    truth = read_solution(syn8 / "recognition_solution.csv").all
+    assert len(distractors) == 6 and all(truth[i] == [] for i in distractors)
+    assert validation_distractors(syn8 / "test", 6, cfg.seed) == []  # no solution there
+    train = read_train_csv(syn8 / "train.csv")
+    labels = np.unique(train["landmark_id"].to_numpy(), return_inverse=True)[1]
+    ids = train["id"].tolist()
+    torch.manual_seed(0)
+    net, _ = build_model(cfg, np.bincount(labels))
+    queries = split_validation(labels, 4, cfg.seed)
+    plain = validate(net, cfg, syn8, ids, labels, queries, torch.device("cpu"), [96])
+    with_distractors = validate(net, cfg, syn8, ids, labels, queries, torch.device("cpu"), [96], distractors)
+    assert with_distractors["val_gap"] < plain["val_gap"]
+    assert with_distractors["val_map100"] == plain["val_map100"]
 
 
 def test_every_training_recipe_loads():
