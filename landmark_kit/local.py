@@ -2,9 +2,10 @@
 
 Backends: ``rootsift`` (OpenCV SIFT + RootSIFT, optionally ASIFT; no training, the default),
 ``kornia-sift`` (kornia's SIFT on GPU tensors when CUDA is present) and ``delg`` (the learned attention +
-autoencoder head of a ``02_train.py`` checkpoint trained with ``local_head: true``). Features of a split are cached in shards
-of ``shard_size`` images (``<dir>/<split>/shard_00000.npz``), each written atomically: a killed run loses at
-most one shard of work and continues where it stopped.
+autoencoder head of a ``02_train.py`` checkpoint trained with ``local_head: true``). Features of a split are cached
+in shards of ``shard_size`` images (``<dir>/<split>/shard_00000/``), each renamed into place whole: a killed run
+loses at most one shard of work and continues where it stopped; readers memory-map the shards and take only the
+images they need.
 """
 
 from __future__ import annotations
@@ -143,38 +144,81 @@ def kornia_sift_batch(images: list[np.ndarray], max_keypoints: int, device: str)
     return out
 
 
+SHARD_ARRAYS = ("ids", "offsets", "keypoints", "descriptors", "sizes")
+
+
 class FeatureStore:
-    """Sharded, resumable cache of local features for one split; read back by image id."""
+    """Sharded, resumable cache of local features for one split, read back by image id.
+
+    A shard is a folder ``shard_NNNNN/`` of ``.npy`` arrays (ids, offsets, keypoints, float16 descriptors,
+    sizes) written under a temporary name and renamed into place, so it is complete or absent. Reads memory-map
+    the arrays and copy out only the images asked for: memory follows the ids read, not the store's size.
+    Shards of the earlier single-file format (``shard_NNNNN.npz``) are still read."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._index: tuple[tuple[Path, ...], np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def shards(self) -> list[Path]:
-        return sorted(self.folder.glob("shard_*.npz"))
+        return sorted(p for p in self.folder.glob("shard_*") if p.suffix == ".npz" or p.is_dir())
 
     def done_ids(self) -> set[str]:
-        done: set[str] = set()
-        for shard in self.shards():
-            with np.load(shard) as z:
-                done.update(z["ids"].tolist())
-        return done
+        return set(self._locate()[1].tolist())
+
+    def _locate(self) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray, np.ndarray]:
+        """(shards, ids sorted, shard number and row of each): rebuilt when shards were added."""
+        shards = tuple(self.shards())
+        if self._index is None or self._index[0] != shards:
+            ids = [np.asarray(_shard(s)["ids"]).astype(str) for s in shards]
+            flat = np.concatenate(ids) if ids else np.zeros(0, str)
+            shard_of = np.repeat(np.arange(len(ids)), [len(i) for i in ids])
+            rows = np.concatenate([np.arange(len(i)) for i in ids]) if ids else np.zeros(0, np.int64)
+            order = np.argsort(flat, kind="stable")
+            self._index = shards, flat[order], shard_of[order], rows[order]
+        return self._index
+
+    def get(self, ids: Iterable[str]) -> dict[str, Features]:
+        """Features of ``ids`` (each read from its shard's memory map); an id not in the store is a KeyError."""
+        wanted = np.unique(np.asarray(list(ids), dtype=str))
+        shards, flat, shard_of, rows = self._locate()
+        at = np.minimum(np.searchsorted(flat, wanted), max(len(flat) - 1, 0))
+        missing = wanted[flat[at] != wanted] if len(flat) else wanted
+        if len(missing):
+            raise KeyError(f"{self.folder}: no local features for {', '.join(missing[:5])}")
+        out: dict[str, Features] = {}
+        for shard in np.unique(shard_of[at]):
+            arrays = _shard(shards[shard])
+            offsets, kp, desc, sizes = (arrays[k] for k in SHARD_ARRAYS[1:])
+            for position in np.flatnonzero(shard_of[at] == shard):
+                row = rows[at[position]]
+                lo, hi = int(offsets[row]), int(offsets[row + 1])
+                out[str(wanted[position])] = Features(np.array(kp[lo:hi]), desc[lo:hi].astype(np.float32),
+                                                      tuple(int(v) for v in sizes[row]))
+        return out
 
     def write_shard(self, ids: list[str], feats: list[Features]) -> Path:
-        """One shard: concatenated keypoints/descriptors with per-image offsets, written atomically."""
-        index = len(self.shards())
-        path = self.folder / f"shard_{index:05d}.npz"
+        """One shard of concatenated keypoints/descriptors with per-image offsets, renamed into place whole."""
+        import shutil
+        import tempfile
+
+        path = self.folder / f"shard_{len(self.shards()):05d}"
         counts = np.array([len(f.keypoints) for f in feats], np.int64)
-        with atomic_path(path) as tmp:
-            np.savez(
-                tmp,
-                ids=np.array(ids),
-                offsets=np.concatenate([[0], np.cumsum(counts)]),
-                keypoints=np.concatenate([f.keypoints for f in feats]) if feats else np.zeros((0, 4), np.float32),
-                descriptors=(np.concatenate([f.descriptors for f in feats]) if feats
-                             else np.zeros((0, 128), np.float32)).astype(np.float16),
-                sizes=np.array([f.size for f in feats], np.int32).reshape(-1, 2),
-            )
+        arrays = {
+            "ids": np.array(ids, dtype=str),
+            "offsets": np.concatenate([[0], np.cumsum(counts)]),
+            "keypoints": np.concatenate([f.keypoints for f in feats]) if feats else np.zeros((0, 4), np.float32),
+            "descriptors": (np.concatenate([f.descriptors for f in feats]) if feats
+                            else np.zeros((0, 128), np.float32)).astype(np.float16),
+            "sizes": np.array([f.size for f in feats], np.int32).reshape(-1, 2),
+        }
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=self.folder))
+        try:
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", array)
+            os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @contextmanager
@@ -196,22 +240,24 @@ class FeatureStore:
             self.write_shard(ids, feats)
 
     def load_all(self) -> dict[str, Features]:
-        """Every image of the split in memory (fine up to ~1e5 images; shard-wise access beyond)."""
-        out: dict[str, Features] = {}
-        for shard in self.shards():
-            out.update(_read_shard(str(shard)))
-        return out
+        """Every image of the split in memory (small sets, tests); :meth:`get` reads only what a job needs."""
+        return self.get(self._locate()[1].tolist())
 
 
-@lru_cache(maxsize=8)
-def _read_shard(path: str) -> dict[str, Features]:
-    with np.load(path) as z:
-        ids, offsets, kp, desc, sizes = z["ids"], z["offsets"], z["keypoints"], z["descriptors"], z["sizes"]
-        return {
-            str(i): Features(kp[offsets[n]: offsets[n + 1]], desc[offsets[n]: offsets[n + 1]].astype(np.float32),
-                             tuple(int(v) for v in sizes[n]))
-            for n, i in enumerate(ids)
-        }
+def _shard(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the shard at ``path``, cached by path, inode and ctime: a store deleted and written again in the
+    same process is never served from the old maps."""
+    stat = os.stat(path)
+    return _shard_arrays(str(path), (stat.st_ino, stat.st_ctime_ns))
+
+
+@lru_cache(maxsize=64)
+def _shard_arrays(path: str, identity: tuple[int, int]) -> dict[str, np.ndarray]:
+    """A shard's arrays: memory maps of a shard folder, or the arrays of a former ``.npz`` shard."""
+    if path.endswith(".npz"):
+        with np.load(path) as z:
+            return {k: z[k] for k in SHARD_ARRAYS}
+    return {k: np.load(Path(path) / f"{k}.npy", mmap_mode="r") for k in SHARD_ARRAYS}
 
 
 def extract_local(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .artifacts import atomic_path
 from .data import DataError, read_train_csv
@@ -112,45 +113,60 @@ def load_run(data_root, workdir, train_csv=None) -> RunData:
                    rec["scores"], rec["indices"], ret["scores"], ret["indices"])
 
 
+PAIR_CHUNK = 20_000  # pairs verified between two saves of stage 04's pair cache
+
+
 def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str], db_ids: list[str],
-                      neighbours: np.ndarray, db_split: str = "train", cache: dict | None = None) -> np.ndarray:
-    """RANSAC inliers between each test query and its shortlisted ``db_split`` neighbours ``(Q, S)``; local
-    features of both splits cached (resumable) under ``workdir/local``, and so are the inlier counts of every
-    pair verified (``local/pairs/``, keyed by the local and matching settings): a pair is verified once per
-    setting, across reruns and tuning candidates. ``cache``: a dict kept by the caller, so those counts are
-    read from disk once."""
+                      neighbours: np.ndarray, db_split: str = "train", cache: dict | None = None,
+                      progress: bool = True) -> np.ndarray:
+    """RANSAC inliers between each test query and its shortlisted ``db_split`` neighbours ``(Q, S)``. Local
+    features of both splits are cached (resumable) under ``workdir/local`` and read per chunk of pairs; the inlier
+    counts go to ``local/pairs/test-<split>-<settings digest>/part_NNNNN.npz``, one file per chunk of
+    ``PAIR_CHUNK`` pairs, so a killed run loses at most one chunk and a pair is verified once per setting across
+    reruns and tuning candidates. ``cache``: a dict kept by the caller, so those counts are read once."""
     rows, cols = np.nonzero(neighbours >= 0)
     pairs = [(test_ids[q], db_ids[neighbours[q, j]]) for q, j in zip(rows, cols)]
     digest = f"{config_digest(cfg.local.cache_key())}-{config_digest(_matching_key(cfg.verify))}"
-    store = Path(workdir) / "local" / "pairs" / f"test-{db_split}-{digest}.npz"
+    store = Path(workdir) / "local" / "pairs" / f"test-{db_split}-{digest}"
     cache = {} if cache is None else cache
     if store not in cache:
         cache[store] = _read_pairs(store)
     known = cache[store]
     todo = sorted({p for p in pairs if p not in known})
     if todo:
-        needed = sorted({b for _, b in todo})
-        queries = sorted({a for a, _ in todo})
-        feats = extract_local(cfg.local, data_root, "test", queries, Path(workdir) / "local").load_all()
-        feats.update(extract_local(cfg.local, data_root, db_split, needed, Path(workdir) / "local").load_all())
-        known.update(zip(todo, verify_pairs(todo, feats, cfg.verify).tolist()))
-        _write_pairs(store, known)
+        queries = extract_local(cfg.local, data_root, "test", sorted({a for a, _ in todo}), Path(workdir) / "local")
+        database = extract_local(cfg.local, data_root, db_split, sorted({b for _, b in todo}),
+                                 Path(workdir) / "local")
+        with tqdm(total=len(todo), desc=f"verify test-{db_split}", unit="pair", disable=not progress) as bar:
+            for start in range(0, len(todo), PAIR_CHUNK):
+                chunk = todo[start: start + PAIR_CHUNK]
+                inliers = verify_pairs(chunk, queries, cfg.verify, db_feats=database)
+                _write_pairs(store, chunk, inliers)
+                known.update(zip(chunk, inliers.tolist()))
+                bar.update(len(chunk))
     inliers = np.zeros(neighbours.shape, np.int64)
     inliers[rows, cols] = [known[p] for p in pairs]
     return inliers
 
 
-def _read_pairs(path: Path) -> dict[tuple[str, str], int]:
-    if not path.is_file():
-        return {}
-    with np.load(path) as z:
-        return dict(zip(zip(z["query"].tolist(), z["database"].tolist()), z["inliers"].tolist()))
+def _read_pairs(folder: Path) -> dict[tuple[str, str], int]:
+    """Every finished chunk of a pair cache (and the single file of the former layout, ``<folder>.npz``)."""
+    known: dict[tuple[str, str], int] = {}
+    for path in [folder.with_suffix(".npz"), *sorted(folder.glob("part_*.npz"))]:
+        if path.is_file():
+            with np.load(path) as z:
+                known.update(zip(zip(z["query"].tolist(), z["database"].tolist()), z["inliers"].tolist()))
+    return known
 
 
-def _write_pairs(path: Path, pairs: dict[tuple[str, str], int]) -> None:
+def _write_pairs(folder: Path, pairs: list[tuple[str, str]], inliers: np.ndarray) -> Path:
+    """One more chunk of the pair cache, written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"part_{len(list(folder.glob('part_*.npz'))):05d}.npz"
     with atomic_path(path) as tmp:
-        np.savez(tmp, query=np.array([a for a, _ in pairs], dtype="U16"),
-                 database=np.array([b for _, b in pairs], dtype="U16"), inliers=np.fromiter(pairs.values(), np.int64))
+        np.savez(tmp, query=np.array([a for a, _ in pairs], dtype=str),
+                 database=np.array([b for _, b in pairs], dtype=str), inliers=np.asarray(inliers, np.int64))
+    return path
 
 
 def _matching_key(cfg: VerifyConfig) -> dict:

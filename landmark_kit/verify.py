@@ -122,12 +122,12 @@ def verify_pair(a: Features, b: Features, cfg: VerifyConfig) -> int:
                           cfg)
 
 
-def _verify_chunk(pairs: Sequence[tuple[str, str]], feats, cfg: VerifyConfig) -> list[int]:
-    if isinstance(feats, str):  # a feature-store folder: read (once per worker process) instead of pickling
-        feats = _store_features(feats)
+def _verify_chunk(pairs: Sequence[tuple[str, str]], feats, db_feats, cfg: VerifyConfig) -> list[int]:
+    if isinstance(feats, str):  # feature-store folders: this chunk's images read in the worker, nothing pickled
+        feats, db_feats = _chunk_features(pairs, _store(feats), _store(db_feats))
         torch.set_num_threads(1)  # one thread per worker process: the workers are the parallelism
     with threadpool_limits(1):
-        return [verify_pair(feats[a], feats[b], cfg) for a, b in pairs]
+        return [verify_pair(feats[a], db_feats[b], cfg) for a, b in pairs]
 
 
 def _ransac_chunk(points: Sequence[tuple[np.ndarray, np.ndarray]], cfg: VerifyConfig) -> list[int]:
@@ -135,9 +135,19 @@ def _ransac_chunk(points: Sequence[tuple[np.ndarray, np.ndarray]], cfg: VerifyCo
         return [ransac_inliers(src, dst, cfg) for src, dst in points]
 
 
-@lru_cache(maxsize=2)
-def _store_features(folder: str) -> dict[str, Features]:
-    return FeatureStore(folder).load_all()
+@lru_cache(maxsize=4)
+def _store(folder: str) -> FeatureStore:
+    """One store object per folder and worker process, so its id index is built once."""
+    return FeatureStore(folder)
+
+
+def _chunk_features(pairs: Sequence[tuple[str, str]], feats: FeatureStore | dict, db_feats: FeatureStore | dict
+                    ) -> tuple[dict, dict]:
+    """The features of the first and of the second images of ``pairs`` (read from stores, or the dicts)."""
+    def take(source, ids):
+        return source.get(ids) if isinstance(source, FeatureStore) else source
+
+    return take(feats, {a for a, _ in pairs}), take(db_feats, {b for _, b in pairs})
 
 
 def _device(cfg: VerifyConfig) -> str:
@@ -146,22 +156,24 @@ def _device(cfg: VerifyConfig) -> str:
     return str(resolve_device(cfg.device))
 
 
-def _verify_gpu(pairs: Sequence[tuple[str, str]], feats: dict[str, Features], cfg: VerifyConfig, device: str,
+def _verify_gpu(pairs: Sequence[tuple[str, str]], feats, db_feats, cfg: VerifyConfig, device: str,
                 chunk: int) -> list[list[int]]:
     """Batched matching on ``device`` in this process; RANSAC of the matched points in CPU worker processes.
 
-    The chunks are produced lazily, so the workers run RANSAC on one chunk while the GPU matches the next.
+    The chunks are produced lazily, so the workers run RANSAC on one chunk while the GPU matches the next;
+    each chunk's features are read when it is matched.
     """
     def ransac_tasks():
         for start in range(0, len(pairs), chunk):
+            a_feats, b_feats = _chunk_features(pairs[start: start + chunk], feats, db_feats)
             points = []
             for first in range(start, min(start + chunk, len(pairs)), cfg.gpu_batch):
                 batch = pairs[first: min(first + cfg.gpu_batch, start + chunk)]
-                matches = match_batch([(feats[a].descriptors, feats[b].descriptors) for a, b in batch], cfg.ratio,
-                                      cfg.mutual, device)
+                matches = match_batch([(a_feats[a].descriptors, b_feats[b].descriptors) for a, b in batch],
+                                      cfg.ratio, cfg.mutual, device)
                 for (a, b), m in zip(batch, matches):
-                    points.append((feats[a].keypoints[m[:, 0], :2].astype(np.float64),
-                                   feats[b].keypoints[m[:, 1], :2].astype(np.float64)))
+                    points.append((a_feats[a].keypoints[m[:, 0], :2].astype(np.float64),
+                                   b_feats[b].keypoints[m[:, 1], :2].astype(np.float64)))
             yield delayed(_ransac_chunk)(points, cfg)
 
     return Parallel(n_jobs=max(cfg.workers, 1), pre_dispatch="2*n_jobs")(ransac_tasks())
@@ -169,31 +181,34 @@ def _verify_gpu(pairs: Sequence[tuple[str, str]], feats: dict[str, Features], cf
 
 def verify_pairs(
     pairs: Sequence[tuple[str, str]], feats: dict[str, Features] | FeatureStore, cfg: VerifyConfig,
-    chunk: int = 512,
+    chunk: int = 512, db_feats: dict[str, Features] | FeatureStore | None = None,
 ) -> np.ndarray:
-    """Inlier counts of many pairs of image ids, in parallel chunks; order of ``pairs`` kept.
+    """Inlier counts of many pairs of image ids, in parallel chunks; order of ``pairs`` kept. The second image
+    of each pair is read from ``db_feats`` when given (another split's store), from ``feats`` otherwise.
 
-    On CPU, give a :class:`FeatureStore` to run ``cfg.workers`` processes that read the features themselves
-    (nothing large is pickled); a dict of features runs in threads. With a GPU (``cfg.device``), matching is
-    batched on it and only matched coordinates go to the RANSAC workers.
+    On CPU, give :class:`FeatureStore` s to run ``cfg.workers`` processes that read each chunk's features
+    themselves (nothing large is pickled, memory follows the chunk); dicts of features run in threads. With a
+    GPU (``cfg.device``), matching is batched on it and only matched coordinates go to the RANSAC workers.
     """
     if cfg.model not in MODELS:
         raise ValueError(f"unknown geometric model {cfg.model!r}; choose one of {MODELS}")
     if not pairs:
         return np.zeros(0, np.int64)
+    db_feats = feats if db_feats is None else db_feats
     chunk = max(1, min(chunk, -(-len(pairs) // (4 * max(cfg.workers, 1)))))  # >= 4 chunks a worker: balanced
     device = _device(cfg)
     if device != "cpu":
-        loaded = feats.load_all() if isinstance(feats, FeatureStore) else feats
-        results = _verify_gpu(pairs, loaded, cfg, device, chunk)
+        results = _verify_gpu(pairs, feats, db_feats, cfg, device, chunk)
         return np.fromiter((n for r in results for n in r), dtype=np.int64, count=len(pairs))
     chunks = [pairs[i: i + chunk] for i in range(0, len(pairs), chunk)]
-    if isinstance(feats, FeatureStore):
-        source, backend = str(feats.folder), "processes"
+    stores = isinstance(feats, FeatureStore) and isinstance(db_feats, FeatureStore)
+    if stores:
+        sources, backend = (str(feats.folder), str(db_feats.folder)), "processes"
     else:
-        source, backend = feats, "threads"
+        sources, backend = _chunk_features(pairs, feats, db_feats), "threads"
     if cfg.workers <= 1:
-        results = [_verify_chunk(c, source, cfg) for c in chunks]
+        results = [_verify_chunk(c, *sources, cfg) for c in chunks]
     else:
-        results = Parallel(n_jobs=cfg.workers, prefer=backend)(delayed(_verify_chunk)(c, source, cfg) for c in chunks)
+        results = Parallel(n_jobs=cfg.workers, prefer=backend)(delayed(_verify_chunk)(c, *sources, cfg)
+                                                               for c in chunks)
     return np.fromiter((n for r in results for n in r), dtype=np.int64, count=len(pairs))

@@ -175,7 +175,7 @@ def test_predict_with_verified_shortlist(trained, tiny_competition, tmp_path):
                     "verify: {workers: 1}\n")
     out = stage("04_predict.py", "--data-root", tiny_competition, "--workdir", tmp_path / "w", "--ensemble", recipe,
                 "--out-root", tmp_path / "subs", "--recipe", post).stdout.strip().splitlines()
-    assert Path(out[-2]).is_file() and list((tmp_path / "w" / "local").glob("rootsift-*/test/shard_*.npz"))
+    assert Path(out[-2]).is_file() and list((tmp_path / "w" / "local").glob("rootsift-*/test/shard_*"))
     scores = [float(line.split(",")[1].split()[1]) for line in Path(out[-2]).read_text().splitlines()[1:]
               if line.split(",")[1]]
     assert max(scores) > 1.0  # a verified neighbour adds its inlier term on top of 2 cos - 1 <= 1

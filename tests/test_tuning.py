@@ -185,7 +185,7 @@ def test_verified_pairs_are_kept_on_disk_and_not_verified_again(trained, tiny_co
                                             "verify": {"workers": 1}})
     first = predict.shortlist_inliers(cfg, tiny_competition, run.workdir, run.test_ids, run.train_ids,
                                       run.train_neighbours[:, :3])
-    assert list((tmp_path / "w" / "local" / "pairs").glob("test-train-*.npz"))
+    assert list((tmp_path / "w" / "local" / "pairs").glob("test-train-*/part_*.npz"))
     calls = []
     monkeypatch.setattr(predict, "verify_pairs", lambda pairs, *a, **k: calls.append(len(pairs)) or np.zeros(len(pairs)))
     again = predict.shortlist_inliers(cfg, tiny_competition, run.workdir, run.test_ids, run.train_ids,

@@ -92,7 +92,7 @@ def test_gpu_path_equals_cpu_path_on_cpu_tensors():
     ids = list(feats)
     pairs = [(ids[i], ids[j]) for i in range(4) for j in range(i + 1, 4)]
     cfg = VerifyConfig(workers=1, gpu_batch=4)
-    batched = [n for chunk in _verify_gpu(pairs, feats, cfg, "cpu", chunk=2) for n in chunk]
+    batched = [n for chunk in _verify_gpu(pairs, feats, feats, cfg, "cpu", chunk=2) for n in chunk]
     assert batched == verify_pairs(pairs, feats, VerifyConfig(workers=1, device="cpu")).tolist()
 
 
@@ -105,3 +105,23 @@ def test_parallel_equals_serial_and_unknown_model_refused():
     assert serial[pairs.index((ids[0], ids[2]))] > 50 and serial[pairs.index((ids[0], ids[1]))] < 15
     with pytest.raises(ValueError, match="unknown geometric model"):
         verify_pairs(pairs, feats, VerifyConfig(model="similarity"))
+
+
+def test_two_stores_verify_in_worker_processes_like_the_dicts(tmp_path):
+    """Queries in one split's store, database images in another: worker processes read each chunk's features
+    from the memory-mapped shards and give the in-memory result; ids missing from a store are named."""
+    from landmark_kit.local import FeatureStore
+
+    feats = {f"{i:016x}": rootsift(Image.fromarray(_texture(i % 3, (200, 240)))) for i in range(6)}
+    ids = list(feats)
+    queries, database = FeatureStore(tmp_path / "test"), FeatureStore(tmp_path / "train")
+    queries.write_shard(ids[:2], [feats[i] for i in ids[:2]])
+    for start in (2, 4):  # two shards
+        database.write_shard(ids[start: start + 2], [feats[i] for i in ids[start: start + 2]])
+    pairs = [(a, b) for a in ids[:2] for b in ids[2:]]
+    expected = verify_pairs(pairs, feats, VerifyConfig(workers=1))
+    got = verify_pairs(pairs, queries, VerifyConfig(workers=2, device="cpu"), chunk=2, db_feats=database)
+    assert np.array_equal(expected, got) and expected.max() > 50
+    assert set(database.get([ids[3], ids[4]])) == {ids[3], ids[4]}
+    with pytest.raises(KeyError, match=ids[0]):
+        database.get([ids[0]])
