@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from .artifacts import write_text
+from .artifacts import atomic_path, write_text
 from .data import atomic_write_csv, read_train_csv
 from .ensemble import extract_member, load_ensemble, load_features
 from .local import FeatureStore, LocalConfig, extract_local
@@ -64,41 +65,53 @@ def candidate_pairs(neighbours: np.ndarray, labels: np.ndarray, max_verify: int)
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
-def _verified_pairs(cfg: CleanConfig, pairs: np.ndarray, ids: list[str], store: FeatureStore, out: Path):
-    """Inlier counts of ``pairs``, resumable through ``pairs_<rank>.csv`` (one file per rank, then merged)."""
+def _verified_pairs(cfg: CleanConfig, pairs: np.ndarray, ids: list[str], store: FeatureStore, out: Path) -> Path:
+    """Verify this rank's share of ``pairs`` into ``<rank folder>/part_NNNNN.npz`` (a, b, inliers; one file
+    per ``verify.save_every`` pairs, written atomically, so a kill loses at most one chunk), then mark the
+    rank complete. A rerun verifies only the pairs no part holds."""
+    folder = _rank_folder(cfg, out, cfg.rank)
+    folder.mkdir(parents=True, exist_ok=True)
     mine = pairs[cfg.rank:: cfg.world_size]
-    part = _pair_file(cfg, out, cfg.rank)
-    done = pd.read_csv(part, dtype={"a": str, "b": str}) if part.is_file() else pd.DataFrame(
-        columns=["a", "b", "inliers"])
+    done = _read_parts(folder)
     done_keys = set(zip(done["a"], done["b"]))
     todo = [(ids[i], ids[j]) for i, j in mine if (ids[i], ids[j]) not in done_keys]
-    chunk = 20_000  # pairs between two resumable saves of the rank's result file
-    for start in range(0, len(todo), chunk):
-        batch = todo[start: start + chunk]
-        inliers = verify_pairs(batch, store, cfg.verify)
-        done = pd.concat([done, pd.DataFrame({"a": [a for a, _ in batch], "b": [b for _, b in batch],
-                                              "inliers": inliers})], ignore_index=True)
-        atomic_write_csv(done, part)
-        log.info("verified %d / %d pairs", len(done), len(mine))
-    return part
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="verify train pairs", unit="pair") as bar:
+        for start in range(0, len(todo), cfg.verify.save_every):
+            batch = todo[start: start + cfg.verify.save_every]
+            inliers = verify_pairs(batch, store, cfg.verify)
+            with atomic_path(folder / f"part_{len(list(folder.glob('part_*.npz'))):05d}.npz") as tmp:
+                np.savez(tmp, a=np.array([a for a, _ in batch], dtype=str),
+                         b=np.array([b for _, b in batch], dtype=str), inliers=inliers.astype(np.int64))
+            bar.update(len(batch))
+    write_text(folder / "complete.json", json.dumps({"pairs": int(len(mine))}))
+    return folder
 
 
-def _pair_file(cfg: CleanConfig, out: Path, rank: int) -> Path:
+def _read_parts(folder: Path) -> pd.DataFrame:
+    """Every finished chunk of one rank's results."""
+    frames = []
+    for path in sorted(folder.glob("part_*.npz")):
+        with np.load(path) as z:
+            frames.append(pd.DataFrame({"a": z["a"].astype(object), "b": z["b"].astype(object),
+                                        "inliers": z["inliers"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {"a": pd.Series(dtype=object), "b": pd.Series(dtype=object), "inliers": pd.Series(dtype=np.int64)})
+
+
+def _rank_folder(cfg: CleanConfig, out: Path, rank: int) -> Path:
     """Pair results of one rank, named by the local-feature + verification settings that produced them."""
-    runtime = ("workers", "device", "shard_size", "gpu_batch")  # settings that do not change the results
+    runtime = ("workers", "device", "shard_size", "gpu_batch", "save_every")  # settings that do not change the results
     settings = {"ensemble": cfg.ensemble, "k": cfg.k, "max_verify": cfg.max_verify,
                 **{f"local.{k}": v for k, v in cfg.local.cache_key().items()},
                 **{f"verify.{k}": v for k, v in to_dict(cfg.verify).items() if k not in runtime}}
     digest = config_digest(settings)
-    return out / f"pairs_{digest}_rank{rank:03d}of{cfg.world_size:03d}.csv"
+    return out / f"pairs_{digest}_rank{rank:03d}of{cfg.world_size:03d}"
 
 
 def merge_pair_results(cfg: CleanConfig, out: Path) -> pd.DataFrame:
     """All ranks' pair results in one frame (each unordered pair once)."""
-    parts = [_pair_file(cfg, out, r) for r in range(cfg.world_size)]
-    frames = [pd.read_csv(p, dtype={"a": str, "b": str}) for p in parts]
-    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["a", "b", "inliers"])
-    return merged.drop_duplicates(["a", "b"])
+    frames = [_read_parts(_rank_folder(cfg, out, r)) for r in range(cfg.world_size)]
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["a", "b"])
 
 
 def decide(train: pd.DataFrame, pairs: pd.DataFrame, cfg: CleanConfig) -> pd.DataFrame:
@@ -183,7 +196,7 @@ def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) ->
     ``workdir`` holds the reusable intermediates in the stage-03 layout (``features/<member>/``, plus
     ``local/``); default ``out_dir/work``. Pointing it at a stage-03 run directory of the same member reuses
     that run's train descriptors. With ``world_size`` > 1 each rank verifies every world_size-th pair into its own
-    resumable ``pairs_rank*.csv``; whichever rank finds all of them complete merges and decides.
+    resumable ``pairs_<digest>_rank*/`` folder; whichever rank finds all of them complete merges and decides.
     """
     out = Path(out_dir)
     work = Path(workdir) if workdir else out / "work"
@@ -203,7 +216,7 @@ def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) ->
     pairs = candidate_pairs(neighbours, labels, cfg.max_verify)
     store = extract_local(cfg.local, data_root, "train", ids, work / "local")
     _verified_pairs(cfg, pairs, ids, store, out)
-    if not all(_pair_file(cfg, out, r).is_file() for r in range(cfg.world_size)):
+    if not all((_rank_folder(cfg, out, r) / "complete.json").is_file() for r in range(cfg.world_size)):
         return {"status": f"rank {cfg.rank} done; waiting for the other ranks before merging"}
     results = merge_pair_results(cfg, out)
     if len(results) < len(pairs):

@@ -11,7 +11,8 @@ Run-directory layout (``--workdir``)::
     neighbours/test_index.npz          kNN of test queries among index images
 
 Every file is written atomically; a split whose files exist for the same ids and member config is skipped,
-so a killed run resumes where it stopped.
+and a split longer than ``shard_size`` images is extracted in pieces (``<split>.pieceNNNNNofMMMMM.*``, each
+skipped once finished, combined at the end), so a killed run resumes where it stopped, losing at most a piece.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class EnsembleConfig:
     rank: int = 0  # this process extracts images rank, rank + world_size, ... of every split (torchrun, SLURM)
     world_size: int = 1
     store_dtype: str = "float16"  # descriptor files: float16 halves disk and page cache (cosine error ~1e-3)
+    shard_size: int = 50_000  # images per saved piece of a split: a killed extraction loses at most one piece
 
 
 def load_ensemble(path: str | os.PathLike | None, overrides: dict | None = None) -> EnsembleConfig:
@@ -138,9 +140,27 @@ def save_features(folder: str | os.PathLike, split: str, feats: np.ndarray, ids:
     if dtype not in ("float16", "float32"):
         raise RecipeError(f"store_dtype must be float16 or float32, found {dtype!r}")
     folder = Path(folder)
-    write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
     with atomic_path(folder / f"{split}.npy") as tmp:
         np.save(tmp, np.asarray(feats, dtype=dtype))
+    write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")  # last: the ids mark the split complete
+
+
+def combine_pieces(folder: Path, split: str, ids: list[str], pieces: list[tuple[str, np.ndarray]]) -> None:
+    """Write ``<split>`` from finished pieces ``(name, rows)`` (piece row i is split row ``rows[i]``) through a
+    memory map, so the split is never held in memory twice; then remove the pieces."""
+    first = np.load(folder / f"{pieces[0][0]}.npy", mmap_mode="r")
+    with atomic_path(folder / f"{split}.npy") as tmp:
+        merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(len(ids), first.shape[1]))
+        for name, rows in pieces:
+            merged[rows] = np.load(folder / f"{name}.npy", mmap_mode="r")
+        merged.flush()
+        del merged
+    failed = [pd.read_csv(folder / f"{name}.failed.csv", dtype=str) for name, _ in pieces]
+    atomic_write_csv(pd.concat(failed, ignore_index=True), folder / f"{split}.failed.csv")
+    write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")
+    for name, _ in pieces:
+        for suffix in (".npy", ".ids", ".failed.csv"):
+            (folder / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 def member_identity(member: MemberConfig) -> dict:
@@ -241,17 +261,30 @@ def extract_members(
         for m, f in todo:
             if not _is_done(f, name, mine):
                 groups.setdefault(input_group(m), []).append((m, f))
+        step = max(cfg.shard_size, 1)
+        starts = list(range(0, len(mine), step))
+        pieces = [(name if len(starts) == 1 else f"{name}.piece{n:05d}of{len(starts):05d}", start)
+                  for n, start in enumerate(starts)]
         for (_, aspect), group in groups.items():
             for m, _ in group:
                 if m.name not in models:
                     models[m.name] = build_member(m, device)
-            feats, failures = describe_split_members(
-                [(models[m.name], m.image_size, tuple(m.scales), m.flip) for m, _ in group], data_root, split, mine,
-                cfg.batch_size, cfg.workers, str(device), cfg.amp, aspect, cfg.decode)
-            failed = pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"])
-            for (m, folder), member_feats in zip(group, feats):
-                atomic_write_csv(failed, folder / f"{name}.failed.csv")
-                save_features(folder, name, member_feats, mine, cfg.store_dtype)
+            for piece, start in pieces:
+                chunk = mine[start: start + step]
+                if all(_is_done(folder, piece, chunk) for _, folder in group):
+                    log.info("%s already extracted for %s", piece, [m.name for m, _ in group])
+                    continue  # finished before a kill
+                feats, failures = describe_split_members(
+                    [(models[m.name], m.image_size, tuple(m.scales), m.flip) for m, _ in group], data_root, split,
+                    chunk, cfg.batch_size, cfg.workers, str(device), cfg.amp, aspect, cfg.decode)
+                failed = pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"])
+                for (m, folder), member_feats in zip(group, feats):
+                    atomic_write_csv(failed, folder / f"{piece}.failed.csv")
+                    save_features(folder, piece, member_feats, chunk, cfg.store_dtype)
+            if len(pieces) > 1:
+                for _, folder in group:
+                    combine_pieces(folder, name, mine, [(piece, np.arange(start, min(start + step, len(mine))))
+                                                        for piece, start in pieces])
         if cfg.world_size > 1:
             for _, folder in todo:
                 merge_parts(folder, split, ids, cfg.world_size)
@@ -269,16 +302,7 @@ def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bo
     names = [f"{split}.part{r:03d}of{world_size:03d}" for r in range(world_size)]
     if not all(_is_done(folder, n, ids[r::world_size]) for r, n in enumerate(names)):
         return False
-    parts = [load_features(folder, n)[0] for n in names]
-    merged = np.empty((len(ids), parts[0].shape[1]), parts[0].dtype)
-    for r, part in enumerate(parts):
-        merged[r::world_size] = part
-    save_features(folder, split, merged, ids, str(parts[0].dtype))
-    failed = [pd.read_csv(folder / f"{n}.failed.csv", dtype=str) for n in names]
-    atomic_write_csv(pd.concat(failed, ignore_index=True), folder / f"{split}.failed.csv")
-    for n in names:
-        for suffix in (".npy", ".ids", ".failed.csv"):
-            (folder / f"{n}{suffix}").unlink(missing_ok=True)
+    combine_pieces(folder, split, ids, [(n, np.arange(r, len(ids), world_size)) for r, n in enumerate(names)])
     return True
 
 

@@ -113,16 +113,13 @@ def load_run(data_root, workdir, train_csv=None) -> RunData:
                    rec["scores"], rec["indices"], ret["scores"], ret["indices"])
 
 
-PAIR_CHUNK = 20_000  # pairs verified between two saves of stage 04's pair cache
-
-
 def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str], db_ids: list[str],
                       neighbours: np.ndarray, db_split: str = "train", cache: dict | None = None,
                       progress: bool = True) -> np.ndarray:
     """RANSAC inliers between each test query and its shortlisted ``db_split`` neighbours ``(Q, S)``. Local
     features of both splits are cached (resumable) under ``workdir/local`` and read per chunk of pairs; the inlier
-    counts go to ``local/pairs/test-<split>-<settings digest>/part_NNNNN.npz``, one file per chunk of
-    ``PAIR_CHUNK`` pairs, so a killed run loses at most one chunk and a pair is verified once per setting across
+    counts go to ``local/pairs/test-<split>-<settings digest>/part_NNNNN.npz``, one file per
+    ``verify.save_every`` pairs, so a killed run loses at most one chunk and a pair is verified once per setting across
     reruns and tuning candidates. ``cache``: a dict kept by the caller, so those counts are read once."""
     rows, cols = np.nonzero(neighbours >= 0)
     pairs = [(test_ids[q], db_ids[neighbours[q, j]]) for q, j in zip(rows, cols)]
@@ -138,8 +135,8 @@ def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str
         database = extract_local(cfg.local, data_root, db_split, sorted({b for _, b in todo}),
                                  Path(workdir) / "local")
         with tqdm(total=len(todo), desc=f"verify test-{db_split}", unit="pair", disable=not progress) as bar:
-            for start in range(0, len(todo), PAIR_CHUNK):
-                chunk = todo[start: start + PAIR_CHUNK]
+            for start in range(0, len(todo), cfg.verify.save_every):
+                chunk = todo[start: start + cfg.verify.save_every]
                 inliers = verify_pairs(chunk, queries, cfg.verify, db_feats=database)
                 _write_pairs(store, chunk, inliers)
                 known.update(zip(chunk, inliers.tolist()))
@@ -171,7 +168,7 @@ def _write_pairs(folder: Path, pairs: list[tuple[str, str]], inliers: np.ndarray
 
 def _matching_key(cfg: VerifyConfig) -> dict:
     """The matching settings that change inlier counts (workers, devices and batch sizes do not)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "device", "gpu_batch")}
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "device", "gpu_batch", "save_every")}
 
 
 def index_predictions(run: RunData, k: int) -> tuple[np.ndarray, np.ndarray]:

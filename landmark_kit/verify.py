@@ -38,6 +38,7 @@ class VerifyConfig:
     min_matches: int = 8  # fewer tentative matches: 0 inliers, no RANSAC call
     workers: int = 2
     device: str = "auto"  # "cuda": batched matching on the GPU, RANSAC in CPU workers; "auto" picks it if present
+    save_every: int = 20_000  # pairs verified between two saves of a resumable job's results (stages 01 and 04)
     gpu_batch: int = 32  # pairs per batched GPU product
 
 

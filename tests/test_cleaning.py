@@ -72,7 +72,7 @@ def test_cli_resumes_verified_pairs(tiny_competition, tmp_path):
             "--recipe", str(ROOT / "cleaning" / "synthetic.yaml"), "--out-root", str(tmp_path), "--name", "t"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-2000:]
-    part = next((tmp_path / "t").glob("pairs_*_rank000of001.csv"))
+    part = next(next((tmp_path / "t").glob("pairs_*_rank000of001")).glob("part_*.npz"))
     stamp = part.stat().st_mtime_ns
     second = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert second.returncode == 0
