@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import ImageDataset, read_train_csv, scan_split
+from .data import ImageDataset, read_train_csv, scan_split, split_ids
 from .extract import extract_descriptors
 from .recognition import nearest_neighbour_labels
 from .retrieval import neighbour_lists
@@ -58,7 +58,7 @@ def run_histogram_baseline(
     cfg = cfg or HistogramConfig()
     out_dir = Path(out_dir)
     train = read_train_csv(Path(data_root) / "train.csv")
-    test_ids, index_ids = scan_split(data_root, "test"), scan_split(data_root, "index")
+    test_ids, index_ids = split_ids(data_root, "test"), scan_split(data_root, "index")
 
     def describe(split: str, ids: list[str]) -> np.ndarray:
         transform = partial(colour_histogram, cfg=cfg)

@@ -7,7 +7,8 @@ fewer than ``min_images_per_label`` images are dropped. Each unordered pair is v
 
 Output folder (``cleaning/<name>/`` by default)::
 
-    recipe.yaml  train_clean.csv  per_image.csv  per_label.csv  pairs.csv  inliers.png  removed.png  report.json
+    recipe.yaml  train_clean.csv  per_image.csv  per_label.csv  pairs.csv  skipped.csv  inliers.png  removed.png
+    report.json
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from .artifacts import atomic_path, write_text
 from .data import atomic_write_csv, read_train_csv
-from .ensemble import extract_member, load_ensemble, load_features
+from .ensemble import extract_member, load_ensemble, load_features, skipped_images
 from .local import FeatureStore, LocalConfig, extract_local
 from .recipes import config_digest, save_recipe, to_dict
 from .search import knn
@@ -222,6 +223,8 @@ def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) ->
     if len(results) < len(pairs):
         return {"status": f"{len(results)} of {len(pairs)} pairs verified; rerun the missing ranks"}
     atomic_write_csv(results, out / "pairs.csv")
+    skipped = skipped_images(work, ("train",))
+    atomic_write_csv(skipped, out / "skipped.csv")  # unreadable: no descriptor / features, so never kept
     per_image = decide(train, results, cfg)
     atomic_write_csv(per_image, out / "per_image.csv")
     atomic_write_csv(per_image[per_image["kept"]][["id", "landmark_id"]], out / "train_clean.csv")
@@ -233,6 +236,7 @@ def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) ->
         "labels": int(per_image["landmark_id"].nunique()),
         "labels_kept": int(per_image.loc[per_image["kept"], "landmark_id"].nunique()),
         "pairs_verified": len(results),
+        "unreadable_images": int(skipped["id"].nunique()),
         "pairs_over_threshold": int((results["inliers"] >= cfg.inlier_threshold).sum()),
     }
     gt = Path(data_root) / "ground_truth.csv"

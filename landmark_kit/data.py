@@ -8,6 +8,7 @@ unreadable images raise :class:`ImageLoadError` (or are skipped and reported by 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import warnings
@@ -21,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .artifacts import atomic_path
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "test", "index")
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MIN_IMAGE_SIDE = 8
@@ -86,10 +88,41 @@ def scan_split(root: str | os.PathLike, split: str) -> list[str]:
     return sorted(ids)
 
 
+SAMPLE_SUBMISSIONS = ("sample_submission.csv", "recognition_sample_submission.csv", "retrieval_sample_submission.csv")
+
+
+def split_ids(data_root: str | os.PathLike, split: str, train_csv: str | os.PathLike | None = None) -> list[str]:
+    """Ids of a split: train from its CSV (the labelled set), test/index by scanning the folder. A data root
+    without ``index/`` (a recognition-only competition, e.g. GLR2021) has an empty index split. Test ids listed
+    by a Kaggle sample submission but without a readable file are kept (reported unreadable, still given a
+    submission row): the leaderboard scores every id of the sample."""
+    if split == "train":
+        return read_train_csv(train_csv or Path(data_root) / "train.csv")["id"].tolist()
+    if split == "index" and not (Path(data_root) / "index").is_dir():
+        log.warning("%s has no index/ folder: empty index split (recognition only; retrieval rows stay empty)",
+                    data_root)
+        return []
+    ids = scan_split(data_root, split)
+    if split != "test":
+        return ids
+    listed: set[str] = set()
+    for name in SAMPLE_SUBMISSIONS:
+        if (Path(data_root) / name).is_file():
+            sample = read_csv_str(Path(data_root) / name)
+            if "id" not in sample.columns:
+                raise DataError(f"{Path(data_root) / name}: no id column")
+            listed.update(check_id(i, f"{Path(data_root) / name}, line {n}: ") for n, i in enumerate(sample["id"], 2))
+    absent = listed - set(ids)
+    if absent:
+        log.warning("%d test id(s) of the sample submission have no image file under %s (e.g. %s): they get a "
+                    "row and are reported unreadable", len(absent), Path(data_root) / split, min(absent))
+    return sorted(set(ids) | listed)
+
+
 def read_csv_str(path: str | os.PathLike) -> pd.DataFrame:
     """A CSV with every cell a string (empty cells stay ''); unreadable files raise DataError naming them."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from .artifacts import atomic_path, write_text
-from .data import atomic_write_csv, read_train_csv, scan_split
+from .data import atomic_write_csv, split_ids
 from .extract import DECODE_MODES, describe_split_members
 from .models import Describer, GlobalDescriptor, create_backbone
 from .recipes import RecipeError, load_recipe, save_recipe, to_dict
@@ -111,16 +111,6 @@ def input_group(member: MemberConfig) -> tuple[int, bool]:
     return round(member.image_size * max(member.scales)), member.aspect
 
 
-def split_ids(data_root: str | os.PathLike, split: str, train_csv: str | os.PathLike | None = None) -> list[str]:
-    """Ids of a split: train from its CSV (the labelled set), test/index by scanning the folder. A data root
-    without ``index/`` (a recognition-only competition, e.g. GLR2021) has an empty index split."""
-    if split == "train":
-        return read_train_csv(train_csv or Path(data_root) / "train.csv")["id"].tolist()
-    if split == "index" and not (Path(data_root) / "index").is_dir():
-        log.warning("%s has no index/ folder: empty index split (recognition only; retrieval rows stay empty)",
-                    data_root)
-        return []
-    return scan_split(data_root, split)
 
 
 def load_features(folder: str | os.PathLike, split: str, mmap: bool = True) -> tuple[np.ndarray, list[str]]:
@@ -143,6 +133,23 @@ def save_features(folder: str | os.PathLike, split: str, feats: np.ndarray, ids:
     with atomic_path(folder / f"{split}.npy") as tmp:
         np.save(tmp, np.asarray(feats, dtype=dtype))
     write_text(folder / f"{split}.ids", "\n".join(ids) + "\n")  # last: the ids mark the split complete
+
+
+def skipped_images(workdir, splits=SPLITS) -> pd.DataFrame:
+    """Every image of ``splits`` that a run directory's jobs could not read: ``split, id, step, reason`` (step =
+    the member whose descriptors it lacks, or ``local:<cache>`` for local features), for reports beside outputs."""
+    from .local import FeatureStore
+
+    workdir, rows = Path(workdir), []
+    for split in splits:
+        for failed in sorted((workdir / "features").glob(f"*/{split}.failed.csv")):
+            for image_id, reason in pd.read_csv(failed, dtype=str, keep_default_na=False).itertuples(index=False):
+                rows.append((split, image_id, failed.parent.name, reason))
+        for folder in sorted((workdir / "local").glob(f"*/{split}")):
+            if folder.is_dir():
+                rows += [(split, i, f"local:{folder.parent.name}", r)
+                         for i, r in FeatureStore(folder).failures().items()]
+    return pd.DataFrame(rows, columns=["split", "id", "step", "reason"])
 
 
 def combine_pieces(folder: Path, split: str, ids: list[str], pieces: list[tuple[str, np.ndarray]]) -> None:

@@ -285,7 +285,7 @@ def run_kernel(track: str, input_root=None, working=None) -> Path:
     """What the notebook runs: extract with the bundle's ensemble, predict with its recipe, write
     ``<working>/submission.csv``. A submission is always written: if a stage fails, every test image still
     gets a row (empty predictions), and the failure is printed."""
-    from .data import scan_split
+    from .data import split_ids
     from .ensemble import load_ensemble, reuse_features, run_ensemble
     from .predict import PredictConfig, predict
 
@@ -315,7 +315,7 @@ def run_kernel(track: str, input_root=None, working=None) -> Path:
     except Exception:  # the submission must exist whatever failed; the reason is printed above it
         traceback.print_exc()
         print("a stage failed: writing empty predictions for the images without one")
-    added = complete_submission(submission, scan_split(competition, "test"), track)
+    added = complete_submission(submission, split_ids(competition, "test"), track)
     if added:
         print(f"{added} test image(s) got an empty prediction")
     print(f"submission written in {time.time() - start:.0f} s")

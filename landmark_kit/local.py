@@ -22,11 +22,12 @@ from typing import Iterable
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .artifacts import atomic_path, write_text
+from .artifacts import write_text
 from .recipes import config_digest
 from .data import ImageDataset
 
@@ -197,8 +198,18 @@ class FeatureStore:
                                                       tuple(int(v) for v in sizes[row]))
         return out
 
-    def write_shard(self, ids: list[str], feats: list[Features]) -> Path:
-        """One shard of concatenated keypoints/descriptors with per-image offsets, renamed into place whole."""
+    def failures(self) -> dict[str, str]:
+        """Images stored without features because they could not be read: id -> reason."""
+        out: dict[str, str] = {}
+        for shard in self.shards():
+            if (shard / "failed.csv").is_file():
+                failed = pd.read_csv(shard / "failed.csv", dtype=str, keep_default_na=False)
+                out.update(zip(failed["id"], failed["reason"]))
+        return out
+
+    def write_shard(self, ids: list[str], feats: list[Features], failed: dict[str, str] | None = None) -> Path:
+        """One shard of concatenated keypoints/descriptors with per-image offsets, renamed into place whole;
+        ``failed``: id -> reason of the images among ``ids`` that could not be read (``failed.csv``)."""
         import shutil
         import tempfile
 
@@ -216,6 +227,8 @@ class FeatureStore:
         try:
             for name, array in arrays.items():
                 np.save(tmp / f"{name}.npy", array)
+            if failed:
+                pd.DataFrame(sorted(failed.items()), columns=["id", "reason"]).to_csv(tmp / "failed.csv", index=False)
             os.rename(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -223,21 +236,26 @@ class FeatureStore:
 
     @contextmanager
     def writer(self, shard_size: int):
-        """``add(image_id, features)`` buffers; a shard is written every ``shard_size`` images and at exit."""
+        """``add(image_id, features, reason="")`` buffers (a reason marks an unreadable image, stored without
+        features); a shard is written every ``shard_size`` images and at exit."""
         ids: list[str] = []
         feats: list[Features] = []
+        failed: dict[str, str] = {}
 
-        def add(image_id: str, features: Features) -> None:
+        def add(image_id: str, features: Features, reason: str = "") -> None:
             ids.append(image_id)
             feats.append(features)
+            if reason:
+                failed[image_id] = reason
             if len(feats) >= shard_size:
-                self.write_shard(ids, feats)
+                self.write_shard(ids, feats, failed)
                 ids.clear()
                 feats.clear()
+                failed.clear()
 
         yield add
         if feats:
-            self.write_shard(ids, feats)
+            self.write_shard(ids, feats, failed)
 
     def load_all(self) -> dict[str, Features]:
         """Every image of the split in memory (small sets, tests); :meth:`get` reads only what a job needs."""
@@ -292,7 +310,7 @@ def extract_local(
                 if failure is not None:
                     log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
                     feats = Features.empty()
-                add(todo[position], feats)
+                add(todo[position], feats, failure.reason if failure is not None else "")
             bar.update(len(batch))
     return store
 
@@ -330,7 +348,7 @@ def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress) -> 
         for image, position, failure in tqdm(loader, desc=f"delg {split}", unit="img", disable=not progress):
             if failure is not None:
                 log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
-                add(todo[position], Features.empty(dim))
+                add(todo[position], Features.empty(dim), failure.reason)
                 continue
             kp, desc = extract_delg(model.backbone, model.local, model.local_level, image[None].to(device),
                                     cfg.scales, cfg.max_keypoints)
@@ -345,7 +363,7 @@ def _extract_kornia(cfg: LocalConfig, data_root, split, todo, store, progress) -
     device = str(resolve_device(cfg.device))
     for start in tqdm(range(0, len(todo), cfg.shard_size), desc=f"kornia sift {split}", disable=not progress):
         chunk = todo[start: start + cfg.shard_size]
-        greys = []
+        greys, failed = [], {}
         for image_id in chunk:
             try:
                 greys.append(_grey(load_image(image_path(data_root, split, image_id), image_id, cfg.max_side),
@@ -353,5 +371,7 @@ def _extract_kornia(cfg: LocalConfig, data_root, split, todo, store, progress) -
             except ImageLoadError as exc:
                 log.warning("skipped %s image %s: %s", split, image_id, exc.reason)
                 greys.append(np.zeros((16, 16), np.uint8))
-        store.write_shard(chunk, kornia_sift_batch(greys, cfg.max_keypoints, device))
+                failed[image_id] = exc.reason
+        feats = kornia_sift_batch(greys, cfg.max_keypoints, device)
+        store.write_shard(chunk, [Features.empty() if i in failed else f for i, f in zip(chunk, feats)], failed)
     return store

@@ -16,8 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .artifacts import atomic_path
-from .data import DataError, read_train_csv
-from .ensemble import load_features
+from .data import DataError, atomic_write_csv, read_train_csv
+from .ensemble import load_features, skipped_images
 from .local import LocalConfig, extract_local
 from .recognition import nearest_neighbour_labels, nonlandmark_penalty, soft_vote, suppress_frequent, verified_vote
 from .recipes import config_digest, to_dict
@@ -305,4 +305,10 @@ def predict(
     *_, (_, labels, scores) = recognition_steps(cfg, run, data_root)
     *_, (_, rows) = retrieval_steps(cfg, run, data_root, labels, scores)
     retrieved = neighbour_lists(rows, run.index_ids, cfg.retrieval_k)
-    return write_submissions(out_dir, run.test_ids, labels, scores, retrieved, run.index_ids)
+    paths = write_submissions(out_dir, run.test_ids, labels, scores, retrieved, run.index_ids)
+    skipped = skipped_images(workdir)
+    atomic_write_csv(skipped, Path(out_dir) / "skipped.csv")
+    if len(skipped):
+        log.warning("%d unreadable image(s) went without descriptors or local features (every test id still has "
+                    "a row): listed in %s", skipped["id"].nunique(), Path(out_dir) / "skipped.csv")
+    return paths

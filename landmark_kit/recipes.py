@@ -100,7 +100,7 @@ def read_recipe_fields(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) ->
     if path.resolve() in _seen:
         raise RecipeError(f"{path}: extended recipes form a cycle ({' -> '.join(str(p) for p in _seen)})")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_bytes()) or {}  # bytes: YAML decodes UTF-8/16 with or without a BOM
     except FileNotFoundError:
         raise RecipeError(f"recipe not found: {path}") from None
     except yaml.YAMLError as exc:
@@ -112,6 +112,8 @@ def read_recipe_fields(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) ->
         return loaded
     if not isinstance(base, str):
         raise RecipeError(f"{path}: extends must name a recipe file, found {base!r}")
+    if not (path.parent / base).is_file():
+        raise RecipeError(f"{path}: extends {base!r}, which is not a recipe file ({path.parent / base})")
     return {**read_recipe_fields(path.parent / base, (*_seen, path.resolve())), **loaded}
 
 

@@ -60,7 +60,7 @@ def write_retrieval(path: str | os.PathLike, ids: Sequence[str], retrieved: Sequ
 
 def _read_rows(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM (Excel) is not part of the header
             rows = list(csv.reader(fh))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -73,7 +73,7 @@ def _read_rows(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
 
 def _read_header(path: str | os.PathLike) -> list[str]:
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM (Excel) is not part of the header
             first = next(csv.reader(fh), None)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -154,7 +154,8 @@ def read_retrieval(path: str | os.PathLike) -> dict[str, str]:
     if header[:2] != HEADERS[RETRIEVAL]:
         raise DataError(f"{path}: header must be id,images, found {','.join(header)}")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, usecols=[0, 1])
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, usecols=[0, 1],
+                         encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
     ids = df.iloc[:, 0]
@@ -306,13 +307,13 @@ def validate_against(
     train_csv: str | os.PathLike | None = None,
 ) -> list[str]:
     """Validate with test/index ids from a Kaggle folder (preferred) or test ids from a solution CSV."""
-    from .data import read_train_csv, scan_split
+    from .data import read_train_csv, scan_split, split_ids
 
     if data_root is None and solution_path is None:
         raise DataError("validation needs --data-root or --solution to know the test ids")
     index_ids = None
     if data_root is not None:
-        test_ids = scan_split(data_root, "test")
+        test_ids = split_ids(data_root, "test")  # a sample submission's ids without a file count too
         if detect_track(path) == RETRIEVAL:
             index_ids = scan_split(data_root, "index")
     else:

@@ -63,7 +63,7 @@ def test_extends_recipe_chain(tmp_path):
     with pytest.raises(RecipeError, match="cycle"):
         load_recipe(Outer, tmp_path / "sub" / "leaf.yaml")
     (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
-    with pytest.raises(RecipeError, match="recipe not found: .*nowhere.yaml"):
+    with pytest.raises(RecipeError, match="orphan.yaml: extends .nowhere.yaml., which is not a recipe file"):
         load_recipe(Outer, tmp_path / "orphan.yaml")
 
 

@@ -1,0 +1,125 @@
+"""Issue 16's bad-input matrix through every stage that reads images (01 clean, 02 train, 03 extract, 04
+predict with local features): truncated / corrupt / empty files, PNG / GIF / WebP behind .jpg, CMYK, 16-bit,
+grayscale, RGBA, EXIF rotation, 1x1, a 20000 x 20000 bomb, a missing file and an unreadable one planted in
+every split. Each stage finishes; decodable files get descriptors; the others are listed with id and reason;
+every test id still gets a submission row."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from badinputs import CASES, copy_competition, plant
+from killrun import run_stage
+from landmark_kit.data import scan_split
+from landmark_kit.submission import validate_against
+
+SKIPPED = {name for name, (_, ok, _) in CASES.items() if not ok}
+
+
+@pytest.fixture(scope="module")
+def bad(tiny_competition, tmp_path_factory):
+    """The tiny competition with the matrix planted in train, test and index; id -> case per split."""
+    root = copy_competition(tiny_competition, tmp_path_factory.mktemp("bad") / "competition")
+    planted = {split: plant(root, split, sorted(scan_split(tiny_competition, split))[:len(CASES)])
+               for split in ("train", "test", "index")}
+    return root, planted
+
+
+@pytest.fixture(scope="module")
+def ensemble_recipe(tmp_path_factory):
+    recipe = tmp_path_factory.mktemp("recipes") / "zero-shot-tiny.yaml"
+    recipe.write_text("members:\n  - {name: tiny, backbone: test_efficientnet, image_size: 64}\nworkers: 1\n")
+    return recipe
+
+
+NOT_FILES = {"missing", "unreadable"}  # no image file: the index split (a folder scan) cannot know these ids
+
+
+def _expect(planted: dict[str, str], split: str = "train") -> dict[str, str]:
+    """id -> the reason fragment of every planted file that must be skipped. Train ids come from train.csv
+    and test ids from the sample submission too, so a missing file there is listed; the index is its folder."""
+    return {i: CASES[name][2] for i, name in planted.items()
+            if name in SKIPPED and not (split == "index" and name in NOT_FILES)}
+
+
+def _check_listed(listed: pd.DataFrame, planted: dict[str, str], split: str = "train", every: bool = True) -> None:
+    """The listed ids are the unreadable planted files (all of them unless ``every`` is off: a job that read
+    only some images), each with its reason."""
+    expected = _expect(planted, split)
+    if every:
+        assert set(listed["id"]) == set(expected), (set(listed["id"]) ^ set(expected))
+    assert set(listed["id"]) <= set(expected) and len(listed), set(listed["id"]) - set(expected)
+    for image_id, reason in zip(listed["id"], listed["reason"]):
+        assert expected[image_id] in reason, (planted[image_id], reason)
+
+
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_extraction_lists_exactly_the_unreadable_files(bad, ensemble_recipe, tmp_path, decode):
+    from landmark_kit.ensemble import load_features
+
+    root, planted = bad
+    run_stage("03_ensemble.py", "--data-root", root, "--workdir", tmp_path, "--ensemble", ensemble_recipe,
+              "--decode", decode)
+    for split in ("train", "test", "index"):
+        folder = tmp_path / "features" / "tiny"
+        _check_listed(pd.read_csv(folder / f"{split}.failed.csv", dtype=str), planted[split], split)
+        feats, ids = load_features(folder, split)
+        norms = dict(zip(ids, np.linalg.norm(np.asarray(feats, np.float32), axis=1)))
+        for image_id, name in planted[split].items():
+            if split == "index" and name in NOT_FILES:
+                assert image_id not in norms
+                continue
+            assert (norms[image_id] > 0.99) == CASES[name][1], (split, name, norms[image_id])
+
+
+def test_prediction_with_local_features_gives_every_test_id_a_row(bad, ensemble_recipe, tmp_path):
+    root, planted = bad
+    post = tmp_path / "p.yaml"
+    post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nlocal_rerank: 5\n"
+                    "local: {max_keypoints: 200, workers: 1}\nverify: {workers: 1}\n")
+    out = run_stage("04_predict.py", "--data-root", root, "--workdir", tmp_path / "w", "--ensemble", ensemble_recipe,
+                    "--recipe", post, "--out-root", tmp_path, "--name", "s")
+    assert "unreadable image(s)" in out.stderr
+    test_ids = set(pd.read_csv(root / "recognition_sample_submission.csv", dtype=str)["id"])
+    assert len(test_ids) == 30 and set(planted["test"]) <= test_ids  # missing files included
+    for name in ("recognition.csv", "retrieval.csv"):
+        rows = pd.read_csv(tmp_path / "s" / name, dtype=str, keep_default_na=False)
+        assert set(rows["id"]) == test_ids and len(rows) == len(test_ids), name
+        assert validate_against(tmp_path / "s" / name, data_root=root) == []  # stage 05 --validate agrees
+    skipped = pd.read_csv(tmp_path / "s" / "skipped.csv", dtype=str)
+    for split in ("train", "test", "index"):
+        for step, listed in skipped[skipped["split"] == split].groupby("step"):  # local features: shortlists only
+            _check_listed(listed, planted[split], split, every=not step.startswith("local:"))
+    steps = skipped.groupby("split")["step"].agg(set)
+    assert all("tiny" in steps[split] for split in ("train", "test", "index"))
+    assert any(s.startswith("local:") for s in steps["test"])
+
+
+def test_cleaning_lists_unreadable_train_images_and_never_keeps_them(bad, ensemble_recipe, tmp_path):
+    root, planted = bad
+    recipe = tmp_path / "clean.yaml"
+    recipe.write_text(f"ensemble: {ensemble_recipe}\nk: 20\nmax_verify: 5\ninlier_threshold: 10\nt_frequency: 0\n"
+                      "min_images_per_label: 2\nlocal: {max_keypoints: 200, workers: 1}\nverify: {workers: 1}\n")
+    report = json.loads(run_stage("01_clean.py", "--data-root", root, "--recipe", recipe, "--out-root", tmp_path,
+                                  "--name", "c").stdout)
+    expected = _expect(planted["train"])
+    assert report["unreadable_images"] == len(expected)
+    skipped = pd.read_csv(tmp_path / "c" / "skipped.csv", dtype=str)
+    for _, listed in skipped.groupby("step"):
+        _check_listed(listed, planted["train"])
+    kept = set(pd.read_csv(tmp_path / "c" / "train_clean.csv", dtype=str)["id"])
+    assert not kept & set(expected)
+
+
+def test_training_skips_and_lists_unreadable_train_images(bad, tmp_path):
+    root, planted = bad
+    run_stage("02_train.py", "--data-root", root, "--workdir", tmp_path, "--model", "test_efficientnet",
+              "--weights", "none", "--epochs", "1", "--sides", "48", "64", "--batch-size", "8", "--workers", "1",
+              "--dim", "16")
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(state["skipped"]) == set(_expect(planted["train"]))
