@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,9 +50,10 @@ class CleanConfig:
     world_size: int = 1
 
 
-def candidate_pairs(neighbours: np.ndarray, labels: np.ndarray, max_verify: int) -> np.ndarray:
-    """Unordered pairs ``(i, j)``, i < j, of each image with its first ``max_verify`` same-label kNN."""
-    rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
+def candidate_pairs(neighbours: np.ndarray, labels: np.ndarray, max_verify: int, first_row: int = 0) -> np.ndarray:
+    """Unordered pairs ``(i, j)``, i < j, of each image with its first ``max_verify`` same-label kNN
+    (``neighbours`` row r belongs to image ``first_row + r``)."""
+    rows = np.repeat(np.arange(first_row, first_row + len(neighbours)), neighbours.shape[1])
     cols = neighbours.ravel()
     valid = (cols >= 0) & (cols != rows)
     rows, cols = rows[valid], cols[valid]
@@ -62,41 +64,49 @@ def candidate_pairs(neighbours: np.ndarray, labels: np.ndarray, max_verify: int)
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
         rank_in_row = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
     keep = rank_in_row < max_verify
-    pairs = np.sort(np.stack([rows[keep], cols[keep]], axis=1), axis=1)
+    pairs = np.sort(np.stack([rows[keep], cols[keep]], axis=1), axis=1).astype(np.int32)
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
+def all_candidate_pairs(feats: np.ndarray, labels: np.ndarray, k: int, max_verify: int,
+                        chunk: int = 65_536) -> np.ndarray:
+    """:func:`candidate_pairs` of every image, the kNN searched ``chunk`` queries at a time: the (N, k)
+    neighbour matrix (19 GB for GLDv2's 1.6M images at k=1000) never exists, only int32 pairs do."""
+    parts = [candidate_pairs(knn(feats[start: start + chunk], feats, min(k + 1, len(feats)))[1], labels, max_verify,
+                             start) for start in range(0, len(feats), chunk)]
+    pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.int32)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
 def _verified_pairs(cfg: CleanConfig, pairs: np.ndarray, ids: list[str], store: FeatureStore, out: Path) -> Path:
-    """Verify this rank's share of ``pairs`` into ``<rank folder>/part_NNNNN.npz`` (a, b, inliers; one file
-    per ``verify.save_every`` pairs, written atomically, so a kill loses at most one chunk), then mark the
-    rank complete. A rerun verifies only the pairs no part holds."""
+    """Verify this rank's share of ``pairs`` into ``<rank folder>/part_NNNNN.npz`` (i, j, inliers for the
+    ``verify.save_every`` pairs of chunk NNNNN, written atomically, so a kill loses at most one chunk), then
+    mark the rank complete. The folder remembers a digest of its pairs and ids: other pairs start it afresh."""
+    import hashlib
+
     folder = _rank_folder(cfg, out, cfg.rank)
     folder.mkdir(parents=True, exist_ok=True)
-    mine = pairs[cfg.rank:: cfg.world_size]
-    done = _read_parts(folder)
-    done_keys = set(zip(done["a"], done["b"]))
-    todo = [(ids[i], ids[j]) for i, j in mine if (ids[i], ids[j]) not in done_keys]
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="verify train pairs", unit="pair") as bar:
-        for start in range(0, len(todo), cfg.verify.save_every):
-            batch = todo[start: start + cfg.verify.save_every]
-            inliers = verify_pairs(batch, store, cfg.verify)
-            with atomic_path(folder / f"part_{len(list(folder.glob('part_*.npz'))):05d}.npz") as tmp:
-                np.savez(tmp, a=np.array([a for a, _ in batch], dtype=str),
-                         b=np.array([b for _, b in batch], dtype=str), inliers=inliers.astype(np.int64))
-            bar.update(len(batch))
+    mine = np.ascontiguousarray(pairs[cfg.rank:: cfg.world_size], dtype=np.int32)
+    digest = hashlib.sha1(mine.tobytes() + "\n".join(ids).encode()).hexdigest()
+    meta = {"pairs": int(len(mine)), "sha1": digest, "save_every": cfg.verify.save_every}
+    if not (folder / "pairs.json").is_file() or json.loads((folder / "pairs.json").read_text()) != meta:
+        for stale in [*folder.glob("part_*.npz"), folder / "complete.json"]:
+            stale.unlink(missing_ok=True)
+        write_text(folder / "pairs.json", json.dumps(meta))
+    starts = range(0, len(mine), cfg.verify.save_every)
+    parts = [folder / f"part_{n:05d}.npz" for n in range(len(starts))]
+    done = sum(min(cfg.verify.save_every, len(mine) - s) for s, p in zip(starts, parts) if p.is_file())
+    with tqdm(total=len(mine), initial=done, desc="verify train pairs", unit="pair") as bar:
+        for start, part in zip(starts, parts):
+            if part.is_file():
+                continue  # finished before a kill
+            chunk = mine[start: start + cfg.verify.save_every]
+            inliers = verify_pairs([(ids[i], ids[j]) for i, j in chunk], store, cfg.verify)
+            with atomic_path(part) as tmp:
+                np.savez(tmp, i=chunk[:, 0], j=chunk[:, 1], inliers=inliers.astype(np.int32))
+            bar.update(len(chunk))
     write_text(folder / "complete.json", json.dumps({"pairs": int(len(mine))}))
     return folder
-
-
-def _read_parts(folder: Path) -> pd.DataFrame:
-    """Every finished chunk of one rank's results."""
-    frames = []
-    for path in sorted(folder.glob("part_*.npz")):
-        with np.load(path) as z:
-            frames.append(pd.DataFrame({"a": z["a"].astype(object), "b": z["b"].astype(object),
-                                        "inliers": z["inliers"]}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {"a": pd.Series(dtype=object), "b": pd.Series(dtype=object), "inliers": pd.Series(dtype=np.int64)})
 
 
 def _rank_folder(cfg: CleanConfig, out: Path, rank: int) -> Path:
@@ -109,20 +119,27 @@ def _rank_folder(cfg: CleanConfig, out: Path, rank: int) -> Path:
     return out / f"pairs_{digest}_rank{rank:03d}of{cfg.world_size:03d}"
 
 
-def merge_pair_results(cfg: CleanConfig, out: Path) -> pd.DataFrame:
-    """All ranks' pair results in one frame (each unordered pair once)."""
-    frames = [_read_parts(_rank_folder(cfg, out, r)) for r in range(cfg.world_size)]
-    return pd.concat(frames, ignore_index=True).drop_duplicates(["a", "b"])
+def pair_parts(cfg: CleanConfig, out: Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every rank's verified chunks, one ``(i, j, inliers)`` at a time (never all pairs at once)."""
+    for rank in range(cfg.world_size):
+        for path in sorted(_rank_folder(cfg, out, rank).glob("part_*.npz")):
+            with np.load(path) as z:
+                yield z["i"], z["j"], z["inliers"]
 
 
-def decide(train: pd.DataFrame, pairs: pd.DataFrame, cfg: CleanConfig) -> pd.DataFrame:
-    """Per image: candidates, verified neighbours, kept; then rare labels dropped."""
-    verified = pairs[pairs["inliers"] >= cfg.inlier_threshold]
-    count = pd.concat([verified["a"], verified["b"]]).value_counts()
-    candidates = pd.concat([pairs["a"], pairs["b"]]).value_counts()
+def pair_counts(n: int, i: np.ndarray, j: np.ndarray, inliers: np.ndarray, threshold: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of ``n``: candidate pairs it is in, and those with at least ``threshold`` inliers."""
+    both = np.concatenate([i, j])
+    verified = np.concatenate([inliers, inliers]) >= threshold
+    return np.bincount(both, minlength=n), np.bincount(both[verified], minlength=n)
+
+
+def decide(train: pd.DataFrame, candidates: np.ndarray, verified: np.ndarray, cfg: CleanConfig) -> pd.DataFrame:
+    """Per image (``train`` order): candidate pairs, verified neighbours, kept; then rare labels dropped."""
     per_image = train.copy()
-    per_image["candidates"] = per_image["id"].map(candidates).fillna(0).astype(int)
-    per_image["verified"] = per_image["id"].map(count).fillna(0).astype(int)
+    per_image["candidates"] = np.asarray(candidates, np.int64)
+    per_image["verified"] = np.asarray(verified, np.int64)
     per_image["kept"] = per_image["verified"] > cfg.t_frequency
     label_size = per_image[per_image["kept"]].groupby("landmark_id").size()
     small = per_image["landmark_id"].map(label_size).fillna(0) < cfg.min_images_per_label
@@ -149,14 +166,16 @@ def evaluate(per_image: pd.DataFrame, ground_truth: Path) -> dict:
     }
 
 
-def _report_plots(per_image: pd.DataFrame, pairs: pd.DataFrame, cfg: CleanConfig, data_root, out: Path) -> None:
+def _report_plots(per_image: pd.DataFrame, histogram: np.ndarray, cfg: CleanConfig, data_root, out: Path) -> None:
+    """``inliers.png`` from ``histogram`` (pairs per inlier count 0..200, the last bin = 200 or more) and a
+    montage of removed images."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(np.clip(pairs["inliers"], 0, 200), bins=50, color="#4477aa")
+    ax.hist(np.arange(len(histogram)), bins=50, range=(0, 200), weights=histogram, color="#4477aa")
     ax.axvline(cfg.inlier_threshold, color="#cc3311", label=f"threshold {cfg.inlier_threshold}")
     ax.set_xlabel("RANSAC inliers (same-label pairs, clipped at 200)")
     ax.set_ylabel("pairs")
@@ -210,34 +229,43 @@ def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) ->
     ens = load_ensemble(cfg.ensemble)
     member = ens.members[0]
     extract_member(member, ens, data_root, work, splits=("train",), train_csv=train_csv)
-    feats, feat_ids = load_features(work / "features" / member.name, "train", mmap=False)
+    feats, feat_ids = load_features(work / "features" / member.name, "train")  # memory-mapped
     if feat_ids != ids:
         raise RuntimeError("global descriptors do not match the train list; delete the work folder")
-    _, neighbours = knn(feats, feats, min(cfg.k + 1, len(ids)))
-    pairs = candidate_pairs(neighbours, labels, cfg.max_verify)
+    pairs = all_candidate_pairs(feats, labels, cfg.k, cfg.max_verify)
     store = extract_local(cfg.local, data_root, "train", ids, work / "local")
     _verified_pairs(cfg, pairs, ids, store, out)
     if not all((_rank_folder(cfg, out, r) / "complete.json").is_file() for r in range(cfg.world_size)):
         return {"status": f"rank {cfg.rank} done; waiting for the other ranks before merging"}
-    results = merge_pair_results(cfg, out)
-    if len(results) < len(pairs):
-        return {"status": f"{len(results)} of {len(pairs)} pairs verified; rerun the missing ranks"}
-    atomic_write_csv(results, out / "pairs.csv")
+    candidates, verified = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64)
+    histogram, total, over = np.zeros(201, np.int64), 0, 0
+    id_array = np.asarray(ids, dtype=object)
+    with atomic_path(out / "pairs.csv") as tmp, open(tmp, "w", newline="") as fh:
+        fh.write("a,b,inliers\n")
+        for i, j, inliers in pair_parts(cfg, out):  # streamed: counts, histogram and pairs.csv chunk by chunk
+            c, v = pair_counts(len(ids), i, j, inliers, cfg.inlier_threshold)
+            candidates, verified = candidates + c, verified + v
+            histogram += np.bincount(np.clip(inliers, 0, 200), minlength=201)
+            total, over = total + len(i), over + int((inliers >= cfg.inlier_threshold).sum())
+            pd.DataFrame({"a": id_array[i], "b": id_array[j], "inliers": inliers}).to_csv(fh, header=False,
+                                                                                         index=False)
+    if total < len(pairs):
+        return {"status": f"{total} of {len(pairs)} pairs verified; rerun the missing ranks"}
     skipped = skipped_images(work, ("train",))
     atomic_write_csv(skipped, out / "skipped.csv")  # unreadable: no descriptor / features, so never kept
-    per_image = decide(train, results, cfg)
+    per_image = decide(train, candidates, verified, cfg)
     atomic_write_csv(per_image, out / "per_image.csv")
     atomic_write_csv(per_image[per_image["kept"]][["id", "landmark_id"]], out / "train_clean.csv")
     per_label = per_image.groupby("landmark_id").agg(images=("id", "size"), kept=("kept", "sum"))
     atomic_write_csv(per_label.reset_index(), out / "per_label.csv")
-    _report_plots(per_image, results, cfg, data_root, out)
+    _report_plots(per_image, histogram, cfg, data_root, out)
     report = {
         "images": len(per_image), "kept": int(per_image["kept"].sum()),
         "labels": int(per_image["landmark_id"].nunique()),
         "labels_kept": int(per_image.loc[per_image["kept"], "landmark_id"].nunique()),
-        "pairs_verified": len(results),
+        "pairs_verified": total,
         "unreadable_images": int(skipped["id"].nunique()),
-        "pairs_over_threshold": int((results["inliers"] >= cfg.inlier_threshold).sum()),
+        "pairs_over_threshold": over,
     }
     gt = Path(data_root) / "ground_truth.csv"
     if gt.is_file():

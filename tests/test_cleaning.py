@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from landmark_kit.cleaning import CleanConfig, candidate_pairs, clean, decide
+from landmark_kit.cleaning import CleanConfig, all_candidate_pairs, candidate_pairs, clean, decide, pair_counts
 from landmark_kit.local import LocalConfig
 from landmark_kit.verify import VerifyConfig
 
@@ -24,18 +24,31 @@ def test_candidate_pairs_keep_same_label_neighbours_once():
     # image 0's first same-label neighbour is 3, image 1's is 0, image 3's is 0, images 2/4 each other
     assert pairs.tolist() == [[0, 1], [0, 3], [2, 4]]
     assert len(candidate_pairs(neighbours, labels, max_verify=5)) == 4  # + (1, 3)
+    assert candidate_pairs(neighbours[3:], labels, 1, first_row=3).tolist() == [[0, 3], [2, 4]]
+
+
+def test_chunked_knn_gives_the_pairs_of_one_search():
+    from landmark_kit.search import knn
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(50, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, 50)
+    whole = candidate_pairs(knn(feats, feats, 11)[1], labels, 3)
+    assert np.array_equal(all_candidate_pairs(feats, labels, 10, 3, chunk=7), whole) and len(whole) > 20
 
 
 def test_keep_rule_thresholds_and_rare_labels():
     train = pd.DataFrame({"id": list("abcdef"), "landmark_id": [1, 1, 1, 1, 2, 2]})
-    pairs = pd.DataFrame({"a": ["a", "a", "a", "b", "e"], "b": ["b", "c", "d", "c", "f"],
-                          "inliers": [50, 40, 10, 31, 29]})
-    out = decide(train, pairs, CleanConfig(inlier_threshold=30, t_frequency=1, min_images_per_label=2))
+    i, j = np.array([0, 0, 0, 1, 4]), np.array([1, 2, 3, 2, 5])  # a-b, a-c, a-d, b-c, e-f
+    candidates, verified = pair_counts(6, i, j, np.array([50, 40, 10, 31, 29]), threshold=30)
+    assert candidates.tolist() == [3, 2, 2, 1, 1, 1]
+    out = decide(train, candidates, verified, CleanConfig(inlier_threshold=30, t_frequency=1, min_images_per_label=2))
     got = dict(zip(out["id"], out["verified"]))
     assert got == {"a": 2, "b": 2, "c": 2, "d": 0, "e": 0, "f": 0}
     assert out.set_index("id")["kept"].to_dict() == {"a": True, "b": True, "c": True, "d": False,
                                                       "e": False, "f": False}
-    rare = decide(train, pairs, CleanConfig(inlier_threshold=30, t_frequency=1, min_images_per_label=4))
+    rare = decide(train, candidates, verified, CleanConfig(inlier_threshold=30, t_frequency=1,
+                                                           min_images_per_label=4))
     assert not rare["kept"].any() and rare["dropped_rare_label"].sum() == 3
 
 

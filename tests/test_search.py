@@ -16,12 +16,32 @@ def test_knn_equals_numpy_brute_force_in_chunks(backend, monkeypatch):
     db = rng.normal(size=(500, 32)).astype(np.float32)
     q = rng.normal(size=(77, 32)).astype(np.float32)
     blocked = search._torch_flat
-    monkeypatch.setattr(search, "_torch_flat", lambda *a: blocked(*a, query_block=16, db_block=64))
+    monkeypatch.setattr(search, "_torch_flat", lambda *a, **k: blocked(*a, **k, query_block=16, db_block=64))
     scores, ids = knn(q, db, 10, chunk=16, backend=backend)
     sims = q @ db.T
     expected = np.argsort(-sims, axis=1)[:, :10]
     assert np.array_equal(ids, expected)
     assert np.allclose(scores, np.take_along_axis(sims, expected, 1), atol=1e-4)
+
+
+def test_a_database_over_the_resident_limit_is_streamed_from_its_memory_map(tmp_path, monkeypatch):
+    """float16 store memory-mapped, float32 copy over ``resident_bytes``: blocks are read per query block
+    (never all at once) and the neighbours are the resident search's."""
+    import landmark_kit.search as search
+
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "db.npy", rng.normal(size=(300, 16)).astype(np.float16))
+    db = np.load(tmp_path / "db.npy", mmap_mode="r")
+    q = rng.normal(size=(40, 16)).astype(np.float32)
+    reads = []
+    original = search.np.require
+    monkeypatch.setattr(search.np, "require", lambda a, **k: reads.append(len(a)) or original(a, **k))
+    resident = search._torch_flat(q, db, 7, False, query_block=16, db_block=128)
+    assert reads == [128, 128, 44]  # widened once
+    reads.clear()
+    streamed = search._torch_flat(q, db, 7, False, query_block=16, db_block=128, resident_bytes=0)
+    assert reads == [128, 128, 44] * 3  # three query blocks, each reading the database again
+    assert np.array_equal(resident[1], streamed[1]) and np.array_equal(resident[0], streamed[0])
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
