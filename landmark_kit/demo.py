@@ -6,7 +6,8 @@ fine-tuned on the raw (noisy) train list, the same recipe fine-tuned on the clea
 number of optimizer steps, and the two-member ensemble (`ensembles/synthetic-ensemble.yaml`) of the
 last model with the zero-shot one. Then stage 04's post-processing chain (`submissions/full.yaml`) step by
 step on that ensemble: two tables shaped like seed 003's Tables 3 and 4. Every step resumes: a second run
-reuses what the first one finished.
+reuses what the first one finished. Last, the run report (``landmark_kit.report``) is written and its path
+printed.
 
     python -m landmark_kit.demo [--workdir runs/demo] [--landmarks 40 --seed 0]
 """
@@ -32,6 +33,7 @@ from .intervals import Bootstrap, format_delta
 from .predict import PredictConfig, predict
 from .readme import machine, markdown_table
 from .recipes import load_recipe
+from .report import build_report
 from .scoring import score_files
 from .submission import read_solution
 from .synthetic import SyntheticConfig, generate
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
                            ("retrieval", "Table 3 (retrieval, mAP@100)")):
         print(f"\nstage 04 step by step on the ensemble, like seed 003's {caption}; submissions/full.yaml")
         print(format_markdown(tables[track], track), end="")
+    print(f"\nrun report (python -m landmark_kit.report --workdir {workdir}): {build_report(workdir)}")
 
 
 if __name__ == "__main__":

@@ -96,8 +96,13 @@ def _padded(arrays: list[np.ndarray], rows: int) -> torch.Tensor:
 
 def ransac_inliers(src: np.ndarray, dst: np.ndarray, cfg: VerifyConfig) -> int:
     """Inliers of the configured geometric model between matched points ``(M, 2)``."""
+    return int(np.count_nonzero(ransac_mask(src, dst, cfg)))
+
+
+def ransac_mask(src: np.ndarray, dst: np.ndarray, cfg: VerifyConfig) -> np.ndarray:
+    """Which of the matched points ``(M, 2)`` are inliers of the configured geometric model (bool ``(M,)``)."""
     if len(src) < cfg.min_matches:
-        return 0
+        return np.zeros(len(src), bool)
     if cfg.model == "affine":
         _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=cfg.threshold_px,
                                        maxIters=cfg.max_iters, confidence=cfg.confidence)
@@ -113,14 +118,20 @@ def ransac_inliers(src: np.ndarray, dst: np.ndarray, cfg: VerifyConfig) -> int:
             _, mask = pydegensac.findFundamentalMatrix(src, dst, cfg.threshold_px, cfg.confidence, cfg.max_iters)
         else:
             raise ValueError(f"unknown geometric model {cfg.model!r}; choose one of {MODELS}")
-    return 0 if mask is None else int(np.count_nonzero(mask))
+    return np.zeros(len(src), bool) if mask is None else np.asarray(mask).ravel().astype(bool)
 
 
 def verify_pair(a: Features, b: Features, cfg: VerifyConfig) -> int:
     """Inlier count of one image pair."""
+    return len(inlier_points(a, b, cfg)[0])
+
+
+def inlier_points(a: Features, b: Features, cfg: VerifyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The inlier correspondences of one image pair: points ``(I, 2)`` in a and in b (drawn by the report)."""
     m = match_descriptors(a.descriptors, b.descriptors, cfg.ratio, cfg.mutual)
-    return ransac_inliers(a.keypoints[m[:, 0], :2].astype(np.float64), b.keypoints[m[:, 1], :2].astype(np.float64),
-                          cfg)
+    src, dst = a.keypoints[m[:, 0], :2].astype(np.float64), b.keypoints[m[:, 1], :2].astype(np.float64)
+    keep = ransac_mask(src, dst, cfg)
+    return src[keep], dst[keep]
 
 
 def _verify_chunk(pairs: Sequence[tuple[str, str]], feats, db_feats, cfg: VerifyConfig) -> list[int]:

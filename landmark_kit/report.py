@@ -1,0 +1,383 @@
+"""A run report a person can look at: ``python -m landmark_kit.report --workdir W`` writes ``W/report/``
+(``index.html`` + PNGs, no network needed to view it) from whatever the stages left under ``W``.
+
+Sections, each present when its inputs are: score tables (cleaning reports, training logs, ablation and
+tuning tables with their intervals, the demo table), training curves, query grids (sampled and worst test
+queries with their top retrieved index images, green = same landmark, red = not), the highest-scoring
+non-landmark queries with their nearest train images, local-match views (RANSAC inlier correspondences of
+verified pairs), cleaning examples (kept vs removed images per label), a t-SNE map of the train descriptors
+coloured by landmark with non-landmark test images in grey, and the index-growth curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import write_text
+from .data import ImageLoadError, image_path, load_image, read_train_csv
+
+GREEN, RED, GREY = (40, 160, 60), (200, 40, 40), (150, 150, 150)
+
+
+@dataclass
+class ReportConfig:
+    """How much of each section to show."""
+
+    queries: int = 8  # sampled landmark queries in the grid
+    worst: int = 8  # lowest-AP landmark queries
+    neighbours: int = 5  # retrieved images per query row
+    distractors: int = 6  # highest-scoring non-landmark queries
+    matches: int = 4  # verified pairs drawn with their inliers
+    labels: int = 6  # labels shown with kept and removed images
+    embed: int = 1500  # train images in the t-SNE map (a sample beyond that)
+    tile: int = 112
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------- pictures
+
+
+def _thumb(root: Path, split: str, image_id: str, tile: int, colour=None, caption: str = "") -> np.ndarray:
+    """A ``tile`` x ``tile`` RGB thumbnail with an optional coloured border and caption (black if unreadable)."""
+    import cv2
+
+    try:
+        img = np.asarray(load_image(image_path(root, split, image_id), image_id, tile * 2))
+        scale = tile / max(img.shape[:2])
+        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))))
+    except ImageLoadError:
+        img = np.zeros((tile, tile, 3), np.uint8)
+    canvas = np.full((tile, tile, 3), 255, np.uint8)
+    y, x = (tile - img.shape[0]) // 2, (tile - img.shape[1]) // 2
+    canvas[y: y + img.shape[0], x: x + img.shape[1]] = img
+    if colour is not None:
+        cv2.rectangle(canvas, (0, 0), (tile - 1, tile - 1), colour, 5)
+    if caption:
+        cv2.rectangle(canvas, (0, tile - 16), (tile - 1, tile - 1), (255, 255, 255), -1)
+        cv2.putText(canvas, caption[:18], (4, tile - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1)
+    return canvas
+
+
+def _grid(rows: list[list[np.ndarray]], tile: int, path: Path) -> Path:
+    """Rows of thumbnails (ragged rows padded white) into one PNG."""
+    import cv2
+
+    width = max(len(r) for r in rows)
+    blank = np.full((tile, tile, 3), 255, np.uint8)
+    gap = np.full((tile, 6, 3), 255, np.uint8)
+    lines = [np.hstack([x for t in r + [blank] * (width - len(r)) for x in (t, gap)]) for r in rows]
+    sep = np.full((6, lines[0].shape[1], 3), 255, np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack([x for line in lines for x in (line, sep)]), cv2.COLOR_RGB2BGR))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+class Report:
+    """Collects sections (title, HTML body) and the files they reference, then writes ``index.html``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.sections: list[tuple[str, str]] = []
+        out.mkdir(parents=True, exist_ok=True)
+
+    def add(self, title: str, body: str) -> None:
+        self.sections.append((title, body))
+
+    def image(self, path: Path, caption: str = "") -> str:
+        rel = path.relative_to(self.out)
+        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        return f'<figure><img src="{rel.as_posix()}" alt="{html.escape(caption or rel.stem)}">{cap}</figure>'
+
+    def copy(self, src: Path, name: str) -> Path:
+        dst = self.out / name
+        shutil.copyfile(src, dst)
+        return dst
+
+    def write(self, title: str) -> Path:
+        nav = "".join(f'<li><a href="#s{n}">{html.escape(t)}</a></li>' for n, (t, _) in enumerate(self.sections))
+        body = "".join(f'<section id="s{n}"><h2>{html.escape(t)}</h2>{b}</section>'
+                       for n, (t, b) in enumerate(self.sections))
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+                "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;"
+                "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
+                "img{max-width:100%}figure{margin:0 0 1.5em}figcaption{color:#555;font-size:13px}"
+                f"</style></head><body><h1>{html.escape(title)}</h1><ul>{nav}</ul>{body}</body></html>")
+        return write_text(self.out / "index.html", page)
+
+
+def markdown_to_html(text: str) -> str:
+    """Pipe tables and paragraphs of a generated markdown file as HTML (the kit's tables only need that)."""
+    out, table = [], []
+
+    def flush() -> None:
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= set("-: ")]
+            cells = [[html.escape(c.strip()) for c in r.strip().strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+            table.clear()
+
+    for line in text.splitlines():
+        if line.lstrip().startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.strip() and not line.startswith("<!--"):
+            out.append(f"<p>{html.escape(line.strip().lstrip('#').strip())}</p>")
+    flush()
+    return "".join(out)
+
+
+def _tables(report: Report, workdir: Path) -> None:
+    """Every score table a stage wrote: demo, cleaning, training logs, ablation and tuning tables."""
+    demo = workdir / "demo.md"
+    if demo.is_file():
+        report.add("Demo scores", markdown_to_html(demo.read_text()))
+    for path in sorted(workdir.rglob("report.json")):
+        if (path.parent / "per_image.csv").is_file():
+            rep = json.loads(path.read_text())
+            flat = {k: v for k, v in rep.items() if not isinstance(v, dict)}
+            flat.update({f"{k}: {kk}": vv for k, v in rep.items() if isinstance(v, dict) for kk, vv in v.items()})
+            rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in flat.items())
+            pics = "".join(report.image(report.copy(path.parent / n, f"clean-{path.parent.name}-{n}"), n)
+                           for n in ("inliers.png", "removed.png") if (path.parent / n).is_file())
+            report.add(f"Cleaning: {path.parent.name}", f"<table>{rows}</table>{pics}")
+    for path in sorted(workdir.rglob("log.csv")):
+        log = pd.read_csv(path)
+        body = log.to_html(index=False, border=0)
+        if (path.parent / "curves.png").is_file():
+            body += report.image(report.copy(path.parent / "curves.png", f"curves-{path.parent.name}.png"),
+                                 "training curves")
+        report.add(f"Training: {path.parent.name}", body)
+    for path in sorted([*workdir.rglob("ablation/*/*.md"), *workdir.rglob("tuning/*.md")]):
+        report.add(f"{path.parent.parent.name} / {path.parent.name} / {path.stem}", markdown_to_html(path.read_text()))
+    for path in sorted(workdir.rglob("*growth*.png")):
+        report.add("mAP@100 as the index grows", report.image(report.copy(path, f"growth-{path.name}")))
+
+
+def _solutions(data_root: Path) -> tuple[dict, dict] | None:
+    from .submission import read_solution
+
+    rec, ret = data_root / "recognition_solution.csv", data_root / "retrieval_solution.csv"
+    if not (rec.is_file() and ret.is_file()):
+        return None
+    return read_solution(rec).all, read_solution(ret).all
+
+
+def _query_grids(report: Report, run: Path, data_root: Path, cfg: ReportConfig) -> None:
+    """Sampled and worst landmark queries with their top retrieved index images; top non-landmark queries."""
+    from .ensemble import load_features
+    from .metrics import retrieval_per_query
+
+    solutions = _solutions(data_root)
+    if solutions is None or not (run / "neighbours" / "test_index.npz").is_file():
+        return
+    rec_truth, ret_truth = solutions
+    feats = run / "features" / "ensemble"
+    test_ids, index_ids = load_features(feats, "test")[1], np.asarray(load_features(feats, "index")[1])
+    with np.load(run / "neighbours" / "test_index.npz") as z:
+        scores, indices = z["scores"], z["indices"]
+    ranked = {q: " ".join(index_ids[indices[n][indices[n] >= 0]][:100]) for n, q in enumerate(test_ids)
+              if q in ret_truth}
+    order = dict(zip(ret_truth, retrieval_per_query(ranked, ret_truth)["ap"])) if ret_truth else {}
+    position = {q: n for n, q in enumerate(test_ids)}
+    scored = [q for q in test_ids if ret_truth.get(q)]
+    rng = np.random.default_rng(cfg.seed)
+
+    def row(q: str) -> list[np.ndarray]:
+        n, truth = position[q], set(ret_truth.get(q, []))
+        cells = [_thumb(data_root, "test", q, cfg.tile, GREY, f"query AP {order.get(q, 0):.2f}")]
+        for j in range(min(cfg.neighbours, indices.shape[1])):
+            if indices[n, j] < 0:
+                break
+            hit = index_ids[indices[n, j]]
+            cells.append(_thumb(data_root, "index", hit, cfg.tile, GREEN if hit in truth else RED,
+                                f"{j + 1}: {scores[n, j]:.3f}"))
+        return cells
+
+    if scored:
+        sample = sorted(rng.choice(scored, min(cfg.queries, len(scored)), replace=False))
+        worst = sorted(scored, key=lambda q: (order.get(q, 0), q))[: cfg.worst]
+        for name, chosen in (("sampled", sample), ("worst", worst)):
+            path = _grid([row(q) for q in chosen], cfg.tile, report.out / f"queries-{name}.png")
+            report.add(f"Retrieval: {name} test queries",
+                       report.image(path, "query (grey) then its top index images: green = same landmark, "
+                                          "red = not; numbers are cosine similarities; AP = AP@100"))
+    with np.load(run / "neighbours" / "test_train.npz") as z:
+        train_scores, train_idx = z["scores"], z["indices"]
+    train_ids = np.asarray(load_features(feats, "train")[1])
+    distractors = [q for q in test_ids if q in rec_truth and not rec_truth[q]]
+    if distractors and train_scores.shape[1]:
+        top = sorted(distractors, key=lambda q: -train_scores[position[q], 0])[: cfg.distractors]
+        rows = [[_thumb(data_root, "test", q, cfg.tile, GREY, "non-landmark")] +
+                [_thumb(data_root, "train", train_ids[train_idx[position[q], j]], cfg.tile, RED,
+                        f"{train_scores[position[q], j]:.3f}")
+                 for j in range(min(cfg.neighbours, train_idx.shape[1])) if train_idx[position[q], j] >= 0]
+                for q in top]
+        report.add("Highest-scoring non-landmark queries",
+                   report.image(_grid(rows, cfg.tile, report.out / "distractors.png"),
+                                "non-landmark test queries whose nearest train images score highest: what a "
+                                "recognition submission must push down"))
+
+
+def _match_views(report: Report, run: Path, data_root: Path, cfg: ReportConfig) -> None:
+    """The verified pairs with the most inliers and some just above 0, drawn with their inlier lines."""
+    import cv2
+
+    from .local import FeatureStore
+    from .verify import VerifyConfig, inlier_points
+
+    pairs_dir = run / "local" / "pairs"  # chunks in test-<split>-<local digest>-<matching digest>/, or one file
+    parts = sorted(pairs_dir.glob("test-*/part_*.npz")) + sorted(pairs_dir.glob("test-*.npz"))
+    if not parts:
+        return
+    frames = []
+    for part in parts:
+        _, split, local_digest, _ = (part.parent.name if part.name.startswith("part_") else part.stem).split("-")
+        with np.load(part) as z:
+            frames.append(pd.DataFrame({"query": z["query"], "database": z["database"], "inliers": z["inliers"],
+                                        "split": split, "local": local_digest}))
+    pairs = pd.concat(frames).sort_values(["inliers", "query", "database"], ascending=[False, True, True])
+    chosen = pd.concat([pairs.head(cfg.matches), pairs[pairs["inliers"] > 0].tail(max(cfg.matches // 2, 1))])
+    figures = []
+    for n, p in enumerate(chosen.drop_duplicates(["query", "database"]).itertuples()):
+        stores = sorted((run / "local").glob(f"*-{p.local}"))
+        if not stores:
+            continue
+        try:
+            a = FeatureStore(stores[0] / "test").get([p.query])[p.query]
+            b = FeatureStore(stores[0] / p.split).get([p.database])[p.database]
+            img_a = np.asarray(load_image(image_path(data_root, "test", p.query), p.query, max(a.size)))
+            img_b = np.asarray(load_image(image_path(data_root, p.split, p.database), p.database, max(b.size)))
+        except (KeyError, ImageLoadError):
+            continue
+        src, dst = inlier_points(a, b, VerifyConfig())
+        img_a = cv2.resize(img_a, a.size) if a.size != (0, 0) else img_a
+        img_b = cv2.resize(img_b, b.size) if b.size != (0, 0) else img_b
+        h = max(img_a.shape[0], img_b.shape[0])
+        canvas = np.full((h, img_a.shape[1] + img_b.shape[1], 3), 255, np.uint8)
+        canvas[: img_a.shape[0], : img_a.shape[1]] = img_a
+        canvas[: img_b.shape[0], img_a.shape[1]:] = img_b
+        for (x1, y1), (x2, y2) in zip(src, dst):
+            cv2.line(canvas, (int(x1), int(y1)), (int(x2) + img_a.shape[1], int(y2)), (0, 220, 0), 1, cv2.LINE_AA)
+        path = report.out / f"matches-{n}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        figures.append(report.image(path, f"test {p.query} - {p.split} {p.database}: {p.inliers} inliers "
+                                          f"(stored), {len(src)} redrawn with the default matching"))
+    if figures:
+        report.add("Local matches of verified pairs", "".join(figures))
+
+
+def _cleaning_examples(report: Report, workdir: Path, data_root: Path, cfg: ReportConfig) -> None:
+    for per_image in sorted(workdir.rglob("per_image.csv")):
+        df = pd.read_csv(per_image, dtype={"id": str})
+        mixed = df.groupby("landmark_id")["kept"].agg(["sum", "size"])
+        labels = mixed[(mixed["sum"] > 0) & (mixed["sum"] < mixed["size"])].index[: cfg.labels]
+        rows = []
+        for label in labels:
+            mine = df[df["landmark_id"] == label]
+            kept, removed = mine[mine["kept"]].head(4), mine[~mine["kept"]].head(4)
+            rows.append([_thumb(data_root, "train", i, cfg.tile, GREEN, f"{label} kept v{v}")
+                         for i, v in zip(kept["id"], kept["verified"])] +
+                        [_thumb(data_root, "train", i, cfg.tile, RED, f"{label} removed v{v}")
+                         for i, v in zip(removed["id"], removed["verified"])])
+        if rows:
+            path = _grid(rows, cfg.tile, report.out / f"cleaning-{per_image.parent.name}.png")
+            report.add(f"Cleaning examples: {per_image.parent.name}",
+                       report.image(path, "per label: kept images (green) then removed ones (red); v = verified "
+                                          "same-label neighbours"))
+
+
+def _embedding(report: Report, run: Path, data_root: Path, train_csv: Path, cfg: ReportConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    from .ensemble import load_features
+
+    feats = run / "features" / "ensemble"
+    if not (feats / "train.npy").is_file() or not train_csv.is_file():
+        return
+    train, train_ids = load_features(feats, "train")
+    labels = read_train_csv(train_csv).set_index("id").loc[train_ids, "landmark_id"].to_numpy()
+    rng = np.random.default_rng(cfg.seed)
+    keep = np.sort(rng.choice(len(train_ids), min(cfg.embed, len(train_ids)), replace=False))
+    points, colours = [np.asarray(train[keep], np.float32)], [labels[keep]]
+    solutions = _solutions(data_root)
+    if solutions is not None and (feats / "test.npy").is_file():
+        test, test_ids = load_features(feats, "test")
+        grey = [n for n, q in enumerate(test_ids) if q in solutions[0] and not solutions[0][q]]
+        points.append(np.asarray(test[grey], np.float32))
+        colours.append(np.full(len(grey), -1))
+    x, c = np.concatenate(points), np.concatenate(colours)
+    xy = TSNE(2, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3)), init="pca", random_state=cfg.seed).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.scatter(*xy[c == -1].T, s=10, c="#bbbbbb", label="non-landmark test images")
+    _, codes = np.unique(c[c != -1], return_inverse=True)
+    ax.scatter(*xy[c != -1].T, s=10, c=codes, cmap="tab20", label="train images (colour = landmark)")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(report.out / "embedding.png", dpi=100)
+    plt.close(fig)
+    report.add("Embedding map (t-SNE of the ensemble descriptors)",
+               report.image(report.out / "embedding.png", f"{len(keep)} train images coloured by landmark, "
+                                                         f"{int((c == -1).sum())} non-landmark test images grey"))
+
+
+def find_run(workdir: Path) -> Path | None:
+    """The most recently searched stage-03 run directory under ``workdir`` (or ``workdir`` itself)."""
+    runs = [p.parent.parent for p in workdir.rglob("neighbours/test_index.npz")]
+    return max(runs, key=lambda p: (p / "neighbours" / "test_index.npz").stat().st_mtime) if runs else None
+
+
+def build_report(workdir, data_root=None, run=None, train_csv=None, cfg: ReportConfig | None = None) -> Path:
+    """Write ``<workdir>/report/index.html`` from what ``workdir`` holds; returns its path. ``data_root``
+    (default ``<workdir>/synthetic`` when present) is where the pictures come from; ``run`` the stage-03
+    run directory shown in the query grids, matches and map (default: the latest under ``workdir``)."""
+    cfg = cfg or ReportConfig()
+    workdir = Path(workdir)
+    data_root = Path(data_root) if data_root else (workdir / "synthetic" if (workdir / "synthetic").is_dir() else None)
+    run = Path(run) if run else find_run(workdir)
+    out = workdir / "report"
+    if out.exists():
+        shutil.rmtree(out)
+    report = Report(out)
+    _tables(report, workdir)
+    if data_root is not None:
+        _cleaning_examples(report, workdir, data_root, cfg)
+        if run is not None:
+            _query_grids(report, run, data_root, cfg)
+            _match_views(report, run, data_root, cfg)
+            _embedding(report, run, data_root, Path(train_csv) if train_csv else data_root / "train.csv", cfg)
+    if not report.sections:
+        report.add("Nothing to show", f"<p>{html.escape(str(workdir))} holds no stage outputs yet.</p>")
+    return report.write(f"landmark-kit report: {workdir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="runs/demo")
+    ap.add_argument("--data-root", help="the competition folder the pictures come from (default WORKDIR/synthetic)")
+    ap.add_argument("--run", help="the stage-03 run directory to picture (default: the latest under WORKDIR)")
+    ap.add_argument("--train-csv", help="labels for the embedding map (default DATA_ROOT/train.csv)")
+    args = ap.parse_args(argv)
+    print(build_report(args.workdir, args.data_root, args.run, args.train_csv))
+
+
+if __name__ == "__main__":
+    main()

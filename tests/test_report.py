@@ -1,0 +1,88 @@
+"""The run report (issue 17) rendered from a tiny run of every stage: each section's figure exists and the
+HTML references only files that exist; a slow test opens it in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from killrun import run_stage
+from landmark_kit.report import build_report, markdown_to_html
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_competition, tmp_path_factory):
+    """Stages 01, 02 and 03 + 04 (with verification) on the tiny competition, all under one workdir."""
+    work = tmp_path_factory.mktemp("report-run")
+    ensemble = work / "e.yaml"
+    ensemble.write_text("members:\n  - {name: tiny, backbone: test_efficientnet, image_size: 64}\nworkers: 1\n")
+    post = work / "p.yaml"
+    post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nlocal: {max_keypoints: 300, workers: 1}\n"
+                    "verify: {workers: 1}\n")
+    run_stage("04_predict.py", "--data-root", tiny_competition, "--workdir", work / "ensemble", "--ensemble",
+              ensemble, "--recipe", post, "--out-root", work / "submissions", "--ablate")
+    clean = work / "c.yaml"
+    clean.write_text(f"ensemble: {ensemble}\nk: 20\nmax_verify: 5\ninlier_threshold: 10\nt_frequency: 0\n"
+                     "min_images_per_label: 2\nlocal: {max_keypoints: 300, workers: 1}\nverify: {workers: 1}\n")
+    run_stage("01_clean.py", "--data-root", tiny_competition, "--recipe", clean, "--out-root", work / "cleaning",
+              "--name", "tiny")
+    run_stage("02_train.py", "--data-root", tiny_competition, "--workdir", work / "train" / "tiny", "--model",
+              "test_efficientnet", "--weights", "none", "--epochs", "2", "--image-size", "64", "--batch-size", "16",
+              "--workers", "0", "--dim", "16")
+    return work
+
+
+def test_report_has_every_section_and_only_existing_files(tiny_run, tiny_competition):
+    index = build_report(tiny_run, data_root=tiny_competition)
+    page = index.read_text()
+    for title in ("Cleaning: tiny", "Training: tiny", "Retrieval: sampled test queries",
+                  "Retrieval: worst test queries", "Highest-scoring non-landmark queries",
+                  "Local matches of verified pairs", "Cleaning examples: tiny", "Embedding map"):
+        assert f">{title}" in page, title
+    assert "recognition" in page and "GAP" in page  # the --ablate tables
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert len(sources) >= 9
+    for src in sources:
+        path = index.parent / src
+        assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG", src
+        assert not src.startswith(("http", "/")) and ".." not in src  # self-contained, offline
+    import cv2
+
+    grid = cv2.imread(str(index.parent / "queries-sampled.png"))
+    assert grid.shape[0] > 100 and grid.std() > 20  # pictures, not a blank canvas
+    matches = [cv2.imread(str(p)) for p in index.parent.glob("matches-*.png")]
+    assert matches and all(m.shape[1] > 100 for m in matches)
+    green = [(m[..., 1] > 200) & (m[..., 0] < 40) & (m[..., 2] < 40) for m in matches]
+    assert max(int(g.sum()) for g in green) > 50  # inlier lines drawn
+
+
+def test_markdown_tables_become_html_tables():
+    out = markdown_to_html("# Title\n\n| a | b |\n|---|---|\n| 1 | <x> |\ntext\n<!-- generated -->\n")
+    assert out == ("<p>Title</p><table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>&lt;x&gt;</td></tr>"
+                   "</table><p>text</p>")
+
+
+def test_an_empty_workdir_still_gets_a_page(tmp_path):
+    page = build_report(tmp_path).read_text()
+    assert "Nothing to show" in page
+
+
+@pytest.mark.slow
+def test_the_report_renders_in_headless_chromium(tiny_run, tiny_competition, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium here: apt-get install chromium")
+    index = build_report(tiny_run, data_root=tiny_competition)
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,2400",
+                    f"--screenshot={shot}", index.as_uri()], check=True, capture_output=True, timeout=120)
+    import cv2
+
+    pixels = cv2.imread(str(shot))
+    assert pixels is not None and pixels.shape[:2] == (2400, 1300)
+    assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # text and pictures
