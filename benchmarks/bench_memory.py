@@ -10,6 +10,7 @@ on a synthetic competition of at least ``--images`` images (stage 03 with a smal
 
     python benchmarks/bench_memory.py search [--queries 200000 --database 1000000 --dim 512 --resident-gb 4]
     python benchmarks/bench_memory.py predict [--images 20000 --workdir runs/bench-memory]
+    python benchmarks/bench_memory.py table   # runs/bench-memory/memory.md from the *.json results there
 """
 
 from __future__ import annotations
@@ -117,9 +118,34 @@ def predict(args) -> dict:
     return {"job": "predict", "images": sum(sizes.values()), **sizes, "pairs_verified": pairs, **result}
 
 
+def table(folder: Path) -> Path:
+    """``memory.md`` from every result JSON in ``folder`` (what the README's generated block shows)."""
+    from landmark_kit.readme import machine
+
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        r = json.loads(path.read_text())
+        if r.get("job") == "search":
+            resident = r["resident_gb"] * 1024 >= r["index_float32_mib"]
+            what = (f"search {r['queries']:,} x {r['database']:,} x {r['dim']} float16, k {r['k']}, "
+                    f"{'float32 index resident' if resident else 'index streamed'}")
+        elif r.get("job") == "predict":
+            what = (f"stage 04 with verification, {r['images']:,} synthetic images "
+                    f"({r['pairs_verified']:,} pairs)")
+        else:
+            continue
+        peaks = " | ".join(f"{r[k]:,.0f}" for k in ("peak_rss_mib", "peak_anon_mib", "peak_file_mib", "seconds"))
+        rows.append(f"| {what} | {peaks} |")
+    text = (f"Measured on {machine()} by `python benchmarks/bench_memory.py` (peaks in MiB).\n\n"
+            "| job | peak RSS | peak anonymous | peak file-backed | seconds |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+    (folder / "memory.md").write_text(text)
+    return folder / "memory.md"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("job", choices=["search", "predict"])
+    ap.add_argument("job", choices=["search", "predict", "table"])
     ap.add_argument("--workdir", default="runs/bench-memory")
     ap.add_argument("--queries", type=int, default=200_000)
     ap.add_argument("--database", type=int, default=1_000_000)
@@ -128,6 +154,9 @@ def main() -> None:
     ap.add_argument("--resident-gb", type=float, default=4.0)
     ap.add_argument("--images", type=int, default=20_000)
     args = ap.parse_args()
+    if args.job == "table":
+        print(table(Path(args.workdir)))
+        return
     print(json.dumps(search(args) if args.job == "search" else predict(args), indent=2))
 
 

@@ -23,3 +23,18 @@ def test_generated_blocks_take_the_named_files_content(tmp_path):
 
 def test_machine_names_cores():
     assert "cores usable" in machine()
+
+
+def test_readme_is_a_front_door_and_every_relative_link_resolves():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = root / "README.md"
+    assert len(readme.read_text().splitlines()) <= 150
+    pages = [readme, *sorted((root / "docs").glob("*.md"))]
+    assert len(pages) >= 7
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
