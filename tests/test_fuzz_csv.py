@@ -59,44 +59,35 @@ def _named_error(path: Path, call):
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _train_frame_ok(df) -> None:
+    assert list(df.columns) == ["id", "landmark_id"] and df["landmark_id"].dtype == np.int64
+    assert all(is_valid_id(i) for i in df["id"]) and df["id"].is_unique
+
+
+def _solution_ok(sol) -> None:
+    assert not set(sol.public) & set(sol.private) and not (set(sol.public) | set(sol.private)) & sol.ignored
+    if sol.track == "recognition":
+        assert all(isinstance(v, int) for labels in sol.all.values() for v in labels)
+
+
+def _recognition_ok(df) -> None:
+    assert df["id"].is_unique and not df["score"].isna().any() and df["landmark_id"].dtype == np.int64
+
+
+def _retrieval_ok(rows) -> None:
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in rows.items())
+
+
+@pytest.mark.parametrize("reader, sound", [(read_train_csv, _train_frame_ok), (read_solution, _solution_ok),
+                                           (read_recognition, _recognition_ok), (read_retrieval, _retrieval_ok)],
+                         ids=["train_csv", "solution", "recognition", "retrieval"])
 @FUZZ
-@given(csv_bytes())
-def test_train_csv_reader(content):
+@given(content=csv_bytes())
+def test_reader_returns_a_sound_result_or_a_named_error(reader, sound, content):
     path = _write(content)
-    df = _named_error(path, lambda: read_train_csv(path))
-    if df is not None:
-        assert list(df.columns) == ["id", "landmark_id"] and df["landmark_id"].dtype == np.int64
-        assert all(is_valid_id(i) for i in df["id"]) and df["id"].is_unique
-
-
-@FUZZ
-@given(csv_bytes())
-def test_solution_reader(content):
-    path = _write(content)
-    sol = _named_error(path, lambda: read_solution(path))
-    if sol is not None:
-        assert not set(sol.public) & set(sol.private) and not (set(sol.public) | set(sol.private)) & sol.ignored
-        if sol.track == "recognition":
-            assert all(isinstance(v, int) for labels in sol.all.values() for v in labels)
-
-
-@FUZZ
-@given(csv_bytes())
-def test_recognition_reader(content):
-    path = _write(content)
-    df = _named_error(path, lambda: read_recognition(path))
-    if df is not None:
-        assert df["id"].is_unique and not df["score"].isna().any()
-        assert df["landmark_id"].dtype == np.int64
-
-
-@FUZZ
-@given(csv_bytes())
-def test_retrieval_reader(content):
-    path = _write(content)
-    rows = _named_error(path, lambda: read_retrieval(path))
-    if rows is not None:
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in rows.items())
+    result = _named_error(path, lambda: reader(path))
+    if result is not None:
+        sound(result)
 
 
 @FUZZ
