@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,11 +39,11 @@ def _status_kib(pid: int) -> dict[str, int]:
 
 
 def measured(cmd: list[str], every: float = 0.05) -> dict:
-    """Run ``cmd``: wall time, peak RSS from ``wait4`` (MiB, the largest process of its tree), and the peaks
+    """Run ``cmd`` (its output to stderr, so stdout stays this script's JSON): wall time, peak RSS from ``wait4`` (MiB, the largest process of its tree), and the peaks
     of its own anonymous memory (what it allocated) and file-backed pages (memory-maps, page cache that the
     kernel can drop), sampled every ``every`` seconds from /proc."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=sys.stderr)
     peaks = {"RssAnon": 0, "RssFile": 0}
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -99,17 +100,19 @@ def predict(args) -> dict:
     from landmark_kit.synthetic import SyntheticConfig, generate
 
     work = Path(args.workdir)
-    data = work / f"synthetic-{args.images}"
-    landmarks = max(8, round(args.images / 23.5))  # ~23.5 images per landmark at the defaults
+    landmarks = max(8, math.ceil(args.images / 22))  # 22-23.5 images per landmark at the defaults
+    data = work / f"synthetic-{landmarks}-landmarks"
     if not (data / "train.csv").is_file():
         generate(data, SyntheticConfig(landmarks=landmarks, min_side=256, max_side=320), progress=True)
     sizes = {split: len(scan_split(data, split)) for split in ("train", "test", "index")}
+    if sum(sizes.values()) < args.images:
+        raise SystemExit(f"{data} has {sum(sizes.values())} images, fewer than --images {args.images}")
     recipe, post = work / "bench-ensemble.yaml", work / "bench-verify.yaml"
     recipe.write_text("members:\n  - {name: small, backbone: test_efficientnet, image_size: 96}\n")
     post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nlocal_rerank: 5\n")
-    run = work / f"run-{args.images}"
+    run = work / f"run-{landmarks}-landmarks"  # its own caches: ids of another synthetic set may collide
     subprocess.run([sys.executable, str(ROOT / "stages" / "03_ensemble.py"), "--data-root", str(data), "--workdir",
-                    str(run), "--ensemble", str(recipe)], cwd=ROOT, check=True,
+                    str(run), "--ensemble", str(recipe)], cwd=ROOT, check=True, stdout=sys.stderr,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     result = measured([sys.executable, str(ROOT / "stages" / "04_predict.py"), "--data-root", str(data),
                        "--workdir", str(run), "--ensemble", str(recipe), "--recipe", str(post), "--out-root",
