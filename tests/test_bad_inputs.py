@@ -1,12 +1,18 @@
 """Issue 16's bad-input matrix through every stage that reads images (01 clean, 02 train, 03 extract, 04
 predict with local features): truncated / corrupt / empty files, PNG / GIF / WebP behind .jpg, CMYK, 16-bit,
-grayscale, RGBA, EXIF rotation, 1x1, a 20000 x 20000 bomb, a missing file and an unreadable one planted in
-every split. Each stage finishes; decodable files get descriptors; the others are listed with id and reason;
+grayscale, RGBA, EXIF rotation, 1x1, a 20000 x 20000 bomb, a missing file and a folder in its place planted
+in every split, and (separately) files without read permission. Each stage finishes; decodable files get descriptors; the others are listed with id and reason;
 every test id still gets a submission row."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +20,8 @@ import pytest
 import torch
 
 from badinputs import CASES, copy_competition, plant
-from killrun import run_stage
-from landmark_kit.data import scan_split
+from killrun import ROOT, env, run_stage
+from landmark_kit.data import image_path, scan_split
 from landmark_kit.submission import validate_against
 
 SKIPPED = {name for name, (_, ok, _) in CASES.items() if not ok}
@@ -123,3 +129,54 @@ def test_training_skips_and_lists_unreadable_train_images(bad, tmp_path):
               "--dim", "16")
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert set(state["skipped"]) == set(_expect(planted["train"]))
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder every user may enter (pytest's own is root-only): for a stage run as another user."""
+    folder = Path(tempfile.mkdtemp(prefix="lk-perm-"))
+    folder.chmod(0o777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_files_without_read_permission_are_listed_and_test_ids_keep_rows(tiny_competition, ensemble_recipe,
+                                                                          shared_tmp):
+    """A file the process may not read (mode 000) is skipped with its id and 'Permission denied', in every
+    split, and its test id still gets a row. Root reads any file, so under root the stage runs as nobody."""
+    root = copy_competition(tiny_competition, shared_tmp / "competition")
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)  # copied from pytest's root-only folder
+    locked = {split: sorted(scan_split(root, split))[1] for split in ("train", "test", "index")}
+    for split, image_id in locked.items():
+        image_path(root, split, image_id).chmod(0)
+    work = shared_tmp / "work"
+    work.mkdir(mode=0o777)
+    work.chmod(0o777)
+    recipe = Path(shutil.copy(ensemble_recipe, shared_tmp))
+    post = shared_tmp / "p.yaml"
+    post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nlocal: {max_keypoints: 200, workers: 1}\n"
+                    "verify: {workers: 1}\n")
+    as_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root, which reads any file, and no setpriv (util-linux) to run as nobody")
+        as_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    done = subprocess.run([*as_user, sys.executable, str(ROOT / "stages" / "04_predict.py"), "--data-root", str(root),
+                           "--workdir", str(work / "w"), "--ensemble", str(recipe), "--recipe", str(post),
+                           "--out-root", str(work), "--name", "s"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900,
+                          env={**env(), "HOME": str(work), "MPLCONFIGDIR": str(work / "mpl")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped = pd.read_csv(work / "s" / "skipped.csv", dtype=str)
+    for split, image_id in locked.items():
+        rows = skipped[(skipped["split"] == split) & (skipped["id"] == image_id)]
+        assert len(rows) and rows["reason"].str.contains("Permission denied").all(), (split, skipped)
+    assert set(skipped["id"]) == set(locked.values())
+    test_ids = set(scan_split(tiny_competition, "test"))
+    for name in ("recognition.csv", "retrieval.csv"):
+        rows = pd.read_csv(work / "s" / name, dtype=str, keep_default_na=False)
+        assert set(rows["id"]) == test_ids and len(rows) == len(test_ids), name
