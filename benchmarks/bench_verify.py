@@ -7,6 +7,9 @@ workers; its "ratio" is then the speed-up over that CPU limit. Uses the train sp
 competition (generated if missing).
 
     python benchmarks/bench_verify.py [--data runs/demo/synthetic --pairs 2000 --workers 2 --device cpu]
+
+``--record`` appends the result to ``benchmarks/results/verify.jsonl`` and renders ``verify.md`` from it
+(the table in docs/cleaning.md); ``--table`` only renders.
 """
 
 from __future__ import annotations
@@ -23,11 +26,28 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
+from landmark_kit import ledger
 from landmark_kit.cleaning import CleanConfig
 from landmark_kit.local import LocalConfig, extract_local
 from landmark_kit.recipes import load_recipe
 from landmark_kit.synthetic import SyntheticConfig, generate
 from landmark_kit.verify import VerifyConfig, match_descriptors, ransac_inliers, verify_pairs
+
+
+COLUMNS = {
+    "settings": lambda r: (f"`{r['recipe']}`" if r.get("recipe") else "default RootSIFT")
+    + (", same-label" if r.get("same_label") else ", random pairs"),
+    "device": "device", "workers": "workers", "pairs": "pairs", "kp / image": "keypoints_per_image",
+    "bare ms / pair": "bare_ms_per_pair", "limit pairs/s": "limit_pairs_per_s",
+    "measured pairs/s": "verify_pairs_per_s", "ratio": "ratio",
+}
+
+
+def table(folder: Path = ledger.LEDGER) -> Path:
+    """``benchmarks/results/verify.md`` from every recorded run."""
+    return ledger.render("verify", COLUMNS, folder=folder,
+                         intro="Limit = workers x the bare single-core rate, measured in the same run (with "
+                         "`--device cuda` the ratio is the speed-up over that CPU limit).")
 
 
 def main() -> None:
@@ -41,7 +61,12 @@ def main() -> None:
     ap.add_argument("--max-keypoints", type=int, help="override the local features' keypoint cap")
     ap.add_argument("--bare-pairs", type=int, help="time the bare loop on this many of the pairs (default all)")
     ap.add_argument("--same-label", action="store_true", help="pairs of same-label images (cleaning's pairs)")
+    ap.add_argument("--record", action="store_true", help="append to benchmarks/results/verify.jsonl, render .md")
+    ap.add_argument("--table", action="store_true", help="only render benchmarks/results/verify.md")
     args = ap.parse_args()
+    if args.table:
+        print(table())
+        return
     data = Path(args.data)
     if not (data / "train.csv").is_file():
         generate(data, SyntheticConfig(), progress=False)
@@ -84,13 +109,17 @@ def main() -> None:
     full = time.perf_counter() - start
     limit = args.workers * len(pairs[: args.bare_pairs]) / bare
     measured = len(pairs) / full
-    print(json.dumps({"pairs": len(pairs), "workers": args.workers, "model": cfg.model, "device": args.device,
-                      "recipe": args.recipe, "same_label": args.same_label,
-                      "keypoints_per_image": round(float(np.mean([len(f.keypoints) for f in feats.values()])), 1),
-                      "extract_img_per_s": round(len(ids) / extract_s, 2),
-                      "bare_ms_per_pair": round(1000 * bare / len(pairs[: args.bare_pairs]), 3),
-                      "limit_pairs_per_s": round(limit, 1), "verify_pairs_per_s": round(measured, 1),
-                      "ratio": round(measured / limit, 3)}, indent=2))
+    result = {"pairs": len(pairs), "workers": args.workers, "model": cfg.model, "device": args.device,
+              "recipe": args.recipe, "same_label": args.same_label,
+              "keypoints_per_image": round(float(np.mean([len(f.keypoints) for f in feats.values()])), 1),
+              "extract_img_per_s": round(len(ids) / extract_s, 2),
+              "bare_ms_per_pair": round(1000 * bare / len(pairs[: args.bare_pairs]), 3),
+              "limit_pairs_per_s": round(limit, 1), "verify_pairs_per_s": round(measured, 1),
+              "ratio": round(measured / limit, 3)}
+    print(json.dumps(result, indent=2))
+    if args.record:
+        ledger.record("verify", result)
+        print(table())
 
 
 if __name__ == "__main__":

@@ -33,3 +33,23 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def part_path(folder: str | os.PathLike, number: int) -> Path:
+    """Chunk ``number`` of a part folder (``part_NNNNN.npz``): how long jobs save work a kill cannot undo."""
+    return Path(folder) / f"part_{number:05d}.npz"
+
+
+def parts(folder: str | os.PathLike) -> list[Path]:
+    """The finished chunks of a part folder, in order (a chunk exists only once written whole)."""
+    return sorted(Path(folder).glob("part_*.npz"))
+
+
+def save_part(folder: str | os.PathLike, number: int, **arrays) -> Path:
+    """Write chunk ``number`` of a part folder atomically."""
+    import numpy as np
+
+    path = part_path(folder, number)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+    return path

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .artifacts import atomic_path, write_text
+from .artifacts import atomic_path, part_path, parts, save_part, write_text
 from .data import atomic_write_csv, read_train_csv
 from .ensemble import extract_member, load_ensemble, load_features, skipped_images
 from .local import FeatureStore, LocalConfig, extract_local
@@ -90,20 +90,19 @@ def _verified_pairs(cfg: CleanConfig, pairs: np.ndarray, ids: list[str], store: 
     digest = hashlib.sha1(mine.tobytes() + "\n".join(ids).encode()).hexdigest()
     meta = {"pairs": int(len(mine)), "sha1": digest, "save_every": cfg.verify.save_every}
     if not (folder / "pairs.json").is_file() or json.loads((folder / "pairs.json").read_text()) != meta:
-        for stale in [*folder.glob("part_*.npz"), folder / "complete.json"]:
+        for stale in [*parts(folder), folder / "complete.json"]:
             stale.unlink(missing_ok=True)
         write_text(folder / "pairs.json", json.dumps(meta))
     starts = range(0, len(mine), cfg.verify.save_every)
-    parts = [folder / f"part_{n:05d}.npz" for n in range(len(starts))]
-    done = sum(min(cfg.verify.save_every, len(mine) - s) for s, p in zip(starts, parts) if p.is_file())
+    done = sum(min(cfg.verify.save_every, len(mine) - s) for n, s in enumerate(starts)
+               if part_path(folder, n).is_file())
     with tqdm(total=len(mine), initial=done, desc="verify train pairs", unit="pair") as bar:
-        for start, part in zip(starts, parts):
-            if part.is_file():
+        for number, start in enumerate(starts):
+            if part_path(folder, number).is_file():
                 continue  # finished before a kill
             chunk = mine[start: start + cfg.verify.save_every]
             inliers = verify_pairs([(ids[i], ids[j]) for i, j in chunk], store, cfg.verify)
-            with atomic_path(part) as tmp:
-                np.savez(tmp, i=chunk[:, 0], j=chunk[:, 1], inliers=inliers.astype(np.int32))
+            save_part(folder, number, i=chunk[:, 0], j=chunk[:, 1], inliers=inliers.astype(np.int32))
             bar.update(len(chunk))
     write_text(folder / "complete.json", json.dumps({"pairs": int(len(mine))}))
     return folder
@@ -122,7 +121,7 @@ def _rank_folder(cfg: CleanConfig, out: Path, rank: int) -> Path:
 def pair_parts(cfg: CleanConfig, out: Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Every rank's verified chunks, one ``(i, j, inliers)`` at a time (never all pairs at once)."""
     for rank in range(cfg.world_size):
-        for path in sorted(_rank_folder(cfg, out, rank).glob("part_*.npz")):
+        for path in parts(_rank_folder(cfg, out, rank)):
             with np.load(path) as z:
                 yield z["i"], z["j"], z["inliers"]
 
@@ -188,26 +187,12 @@ def _report_plots(per_image: pd.DataFrame, histogram: np.ndarray, cfg: CleanConf
 
 
 def _removed_montage(removed: pd.DataFrame, data_root, path: Path, tile: int = 128) -> None:
-    import cv2
+    """Removed images, six a row, captioned with their label and verified-neighbour count."""
+    from .montage import grid, thumbnail
 
-    from .data import ImageLoadError, image_path, load_image
-
-    tiles = []
-    for row in removed.itertuples():
-        try:
-            img = np.asarray(load_image(image_path(data_root, "train", row.id), row.id, tile * 2))
-            img = cv2.resize(img, (tile, tile))
-        except ImageLoadError:
-            img = np.zeros((tile, tile, 3), np.uint8)
-        cv2.putText(img, f"{row.landmark_id} v{row.verified}", (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (255, 255, 0), 1)
-        tiles.append(img)
-    if not tiles:
-        tiles = [np.zeros((tile, tile, 3), np.uint8)]
-    while len(tiles) % 6:
-        tiles.append(np.zeros((tile, tile, 3), np.uint8))
-    grid = np.vstack([np.hstack(tiles[i: i + 6]) for i in range(0, len(tiles), 6)])
-    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    tiles = [thumbnail(data_root, "train", row.id, tile, caption=f"{row.landmark_id} v{row.verified}")
+             for row in removed.itertuples()] or [np.full((tile, tile, 3), 255, np.uint8)]
+    grid([tiles[i: i + 6] for i in range(0, len(tiles), 6)], tile, path)
 
 
 def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import atomic_path
+from .artifacts import parts, save_part
 from .data import DataError, atomic_write_csv, read_train_csv
 from .ensemble import load_features, skipped_images
 from .local import LocalConfig, extract_local
@@ -149,7 +149,7 @@ def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str
 def _read_pairs(folder: Path) -> dict[tuple[str, str], int]:
     """Every finished chunk of a pair cache (and the single file of the former layout, ``<folder>.npz``)."""
     known: dict[tuple[str, str], int] = {}
-    for path in [folder.with_suffix(".npz"), *sorted(folder.glob("part_*.npz"))]:
+    for path in [folder.with_suffix(".npz"), *parts(folder)]:
         if path.is_file():
             with np.load(path) as z:
                 known.update(zip(zip(z["query"].tolist(), z["database"].tolist()), z["inliers"].tolist()))
@@ -158,12 +158,8 @@ def _read_pairs(folder: Path) -> dict[tuple[str, str], int]:
 
 def _write_pairs(folder: Path, pairs: list[tuple[str, str]], inliers: np.ndarray) -> Path:
     """One more chunk of the pair cache, written atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"part_{len(list(folder.glob('part_*.npz'))):05d}.npz"
-    with atomic_path(path) as tmp:
-        np.savez(tmp, query=np.array([a for a, _ in pairs], dtype=str),
-                 database=np.array([b for _, b in pairs], dtype=str), inliers=np.asarray(inliers, np.int64))
-    return path
+    return save_part(folder, len(parts(folder)), query=np.array([a for a, _ in pairs], dtype=str),
+                     database=np.array([b for _, b in pairs], dtype=str), inliers=np.asarray(inliers, np.int64))
 
 
 def _matching_key(cfg: VerifyConfig) -> dict:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from .artifacts import write_text
 from .data import ImageLoadError, image_path, load_image, read_train_csv
+from .montage import grid, thumbnail
 
 GREEN, RED, GREY = (40, 160, 60), (200, 40, 40), (150, 150, 150)
 
@@ -43,40 +44,6 @@ class ReportConfig:
 
 
 # ----------------------------------------------------------------------------------------------- pictures
-
-
-def _thumb(root: Path, split: str, image_id: str, tile: int, colour=None, caption: str = "") -> np.ndarray:
-    """A ``tile`` x ``tile`` RGB thumbnail with an optional coloured border and caption (black if unreadable)."""
-    import cv2
-
-    try:
-        img = np.asarray(load_image(image_path(root, split, image_id), image_id, tile * 2))
-        scale = tile / max(img.shape[:2])
-        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))))
-    except ImageLoadError:
-        img = np.zeros((tile, tile, 3), np.uint8)
-    canvas = np.full((tile, tile, 3), 255, np.uint8)
-    y, x = (tile - img.shape[0]) // 2, (tile - img.shape[1]) // 2
-    canvas[y: y + img.shape[0], x: x + img.shape[1]] = img
-    if colour is not None:
-        cv2.rectangle(canvas, (0, 0), (tile - 1, tile - 1), colour, 5)
-    if caption:
-        cv2.rectangle(canvas, (0, tile - 16), (tile - 1, tile - 1), (255, 255, 255), -1)
-        cv2.putText(canvas, caption[:18], (4, tile - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1)
-    return canvas
-
-
-def _grid(rows: list[list[np.ndarray]], tile: int, path: Path) -> Path:
-    """Rows of thumbnails (ragged rows padded white) into one PNG."""
-    import cv2
-
-    width = max(len(r) for r in rows)
-    blank = np.full((tile, tile, 3), 255, np.uint8)
-    gap = np.full((tile, 6, 3), 255, np.uint8)
-    lines = [np.hstack([x for t in r + [blank] * (width - len(r)) for x in (t, gap)]) for r in rows]
-    sep = np.full((6, lines[0].shape[1], 3), 255, np.uint8)
-    cv2.imwrite(str(path), cv2.cvtColor(np.vstack([x for line in lines for x in (line, sep)]), cv2.COLOR_RGB2BGR))
-    return path
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -197,12 +164,12 @@ def _query_grids(report: Report, run: Path, data_root: Path, cfg: ReportConfig) 
 
     def row(q: str) -> list[np.ndarray]:
         n, truth = position[q], set(ret_truth.get(q, []))
-        cells = [_thumb(data_root, "test", q, cfg.tile, GREY, f"query AP {order.get(q, 0):.2f}")]
+        cells = [thumbnail(data_root, "test", q, cfg.tile, GREY, f"query AP {order.get(q, 0):.2f}")]
         for j in range(min(cfg.neighbours, indices.shape[1])):
             if indices[n, j] < 0:
                 break
             hit = index_ids[indices[n, j]]
-            cells.append(_thumb(data_root, "index", hit, cfg.tile, GREEN if hit in truth else RED,
+            cells.append(thumbnail(data_root, "index", hit, cfg.tile, GREEN if hit in truth else RED,
                                 f"{j + 1}: {scores[n, j]:.3f}"))
         return cells
 
@@ -210,7 +177,7 @@ def _query_grids(report: Report, run: Path, data_root: Path, cfg: ReportConfig) 
         sample = sorted(rng.choice(scored, min(cfg.queries, len(scored)), replace=False))
         worst = sorted(scored, key=lambda q: (order.get(q, 0), q))[: cfg.worst]
         for name, chosen in (("sampled", sample), ("worst", worst)):
-            path = _grid([row(q) for q in chosen], cfg.tile, report.out / f"queries-{name}.png")
+            path = grid([row(q) for q in chosen], cfg.tile, report.out / f"queries-{name}.png")
             report.add(f"Retrieval: {name} test queries",
                        report.image(path, "query (grey) then its top index images: green = same landmark, "
                                           "red = not; numbers are cosine similarities; AP = AP@100"))
@@ -220,13 +187,13 @@ def _query_grids(report: Report, run: Path, data_root: Path, cfg: ReportConfig) 
     distractors = [q for q in test_ids if q in rec_truth and not rec_truth[q]]
     if distractors and train_scores.shape[1]:
         top = sorted(distractors, key=lambda q: -train_scores[position[q], 0])[: cfg.distractors]
-        rows = [[_thumb(data_root, "test", q, cfg.tile, GREY, "non-landmark")] +
-                [_thumb(data_root, "train", train_ids[train_idx[position[q], j]], cfg.tile, RED,
+        rows = [[thumbnail(data_root, "test", q, cfg.tile, GREY, "non-landmark")] +
+                [thumbnail(data_root, "train", train_ids[train_idx[position[q], j]], cfg.tile, RED,
                         f"{train_scores[position[q], j]:.3f}")
                  for j in range(min(cfg.neighbours, train_idx.shape[1])) if train_idx[position[q], j] >= 0]
                 for q in top]
         report.add("Highest-scoring non-landmark queries",
-                   report.image(_grid(rows, cfg.tile, report.out / "distractors.png"),
+                   report.image(grid(rows, cfg.tile, report.out / "distractors.png"),
                                 "non-landmark test queries whose nearest train images score highest: what a "
                                 "recognition submission must push down"))
 
@@ -288,12 +255,12 @@ def _cleaning_examples(report: Report, workdir: Path, data_root: Path, cfg: Repo
         for label in labels:
             mine = df[df["landmark_id"] == label]
             kept, removed = mine[mine["kept"]].head(4), mine[~mine["kept"]].head(4)
-            rows.append([_thumb(data_root, "train", i, cfg.tile, GREEN, f"{label} kept v{v}")
+            rows.append([thumbnail(data_root, "train", i, cfg.tile, GREEN, f"{label} kept v{v}")
                          for i, v in zip(kept["id"], kept["verified"])] +
-                        [_thumb(data_root, "train", i, cfg.tile, RED, f"{label} removed v{v}")
+                        [thumbnail(data_root, "train", i, cfg.tile, RED, f"{label} removed v{v}")
                          for i, v in zip(removed["id"], removed["verified"])])
         if rows:
-            path = _grid(rows, cfg.tile, report.out / f"cleaning-{per_image.parent.name}.png")
+            path = grid(rows, cfg.tile, report.out / f"cleaning-{per_image.parent.name}.png")
             report.add(f"Cleaning examples: {per_image.parent.name}",
                        report.image(path, "per label: kept images (green) then removed ones (red); v = verified "
                                           "same-label neighbours"))

@@ -1,0 +1,99 @@
+"""Measured results kept in git, so the tables in docs/ are rendered from them, never typed.
+
+A benchmark or measurement script run with ``--record`` appends its result as one JSON line to
+``benchmarks/results/<name>.jsonl`` with the date, the machine (:func:`landmark_kit.readme.machine`) and
+its command line; :func:`render` turns a ledger into ``<name>.md`` (a table plus the commands that made its
+rows), which docs include as a generated block (``python -m landmark_kit.readme``). Figures measured on a lent
+GPU box survive the box this way. Rows measured before the ledger existed carry a ``source`` naming the note
+they were transcribed from; the table marks them ``[n]`` and lists the sources under it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .artifacts import write_text
+from .readme import REPO, machine
+
+LEDGER = REPO / "benchmarks" / "results"
+
+Column = str | Callable[[dict], object]
+
+
+class LedgerError(ValueError):
+    """A ledger line that is not a JSON object: names the file and line."""
+
+
+def record(name: str, result: dict, *, argv: list[str] | None = None, folder: str | os.PathLike = LEDGER) -> dict:
+    """Append ``result`` (with date, machine and the command line) to ``folder/<name>.jsonl``; returns the
+    entry. The file is rewritten whole through a temporary file, so a kill never leaves half a line."""
+    argv = sys.argv if argv is None else argv
+    script = Path(argv[0])
+    if script.is_absolute() and script.is_relative_to(REPO):
+        script = script.relative_to(REPO)
+    command = shlex.join(["python", str(script), *argv[1:]])
+    entry = {"date": _dt.date.today().isoformat(), "machine": machine(), "command": command, **result}
+    path = Path(folder) / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.is_file() else ""
+    write_text(path, old + json.dumps(entry, sort_keys=False) + "\n")
+    return entry
+
+
+def entries(name: str, folder: str | os.PathLike = LEDGER) -> list[dict]:
+    """Every entry of ``folder/<name>.jsonl``, oldest first; a bad line is a :class:`LedgerError`."""
+    path = Path(folder) / f"{name}.jsonl"
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LedgerError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise LedgerError(f"{path}:{number}: a JSON object expected, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _cell(row: dict, column: Column) -> str:
+    value = column(row) if callable(column) else row.get(column, "")
+    if isinstance(value, float):  # three significant decimals for ratios, fewer as figures grow
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def render(name: str, columns: dict[str, Column], *, where: Callable[[dict], bool] | None = None,
+           intro: str = "", folder: str | os.PathLike = LEDGER) -> Path:
+    """``folder/<name>.md``: a table of the ledger's entries (``columns``: header -> key or function of the
+    entry), then each distinct command once; transcribed rows (with a ``source``) are marked and listed."""
+    rows = [row for row in entries(name, folder) if where is None or where(row)]
+    header = ["date", "machine", *columns]
+    lines = [intro.rstrip(), ""] if intro else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    sources: list[str] = []
+    for row in rows:
+        mark = ""
+        if row.get("source"):
+            if row["source"] not in sources:
+                sources.append(row["source"])
+            mark = f" [{sources.index(row['source']) + 1}]"
+        cells = [row.get("date", "") + mark, row.get("machine", ""), *(_cell(row, c) for c in columns.values())]
+        lines.append("| " + " | ".join(cells) + " |")
+    commands = list(dict.fromkeys(row["command"] for row in rows if row.get("command")))
+    lines += ["", "Commands (`--record` appends to `" + f"benchmarks/results/{name}.jsonl`" + "):", ""]
+    lines += [f"    {command}" for command in commands]
+    if sources:
+        lines += [""] + [f"[{n}] {source}  " for n, source in enumerate(sources, 1)]
+    path = Path(folder) / f"{name}.md"
+    write_text(path, "\n".join(lines).rstrip() + "\n")
+    return path
