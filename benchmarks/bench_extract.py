@@ -5,23 +5,36 @@ uint8 batches already on the device (the NCHW forward is timed too: ``nhwc_speed
 (issue 6). ``--images`` larger than the split cycles its ids, so worker start-up is amortised as in a real pass.
 
     python benchmarks/bench_extract.py [--data runs/demo/synthetic --images 256 --size 224 --workers 2]
+
+``--record`` appends the result to ``benchmarks/results/extract.jsonl`` and renders ``extract.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from landmark_kit import ledger
 from landmark_kit.data import ImageDataset
 from landmark_kit.extract import MultiScale, describe_split, square_transform
 from landmark_kit.models import GlobalDescriptor, create_backbone, input_normalisation
 from landmark_kit.synthetic import SyntheticConfig, generate
 from landmark_kit.train import resolve_device
+
+
+COLUMNS = {
+    "device": "device", "model, size, scales": lambda r: f"{r['model']}, {r['size']}, {r['scales']}",
+    "decode": "decode", "images": "images", "workers": "workers", "layout": lambda r: r.get("layout", "NHWC"),
+    "bare forward img/s": "bare_forward_img_per_s", "extraction img/s": "extract_img_per_s", "ratio": "ratio",
+}
+
+
+TABLE = ledger.Table("extract", COLUMNS,
+                     "Extraction against the bare forward of the same wrapped model in the same run (target ratio >= 0.9).")
 
 
 def main() -> None:
@@ -38,7 +51,7 @@ def main() -> None:
                     help="where JPEGs are decoded: loader workers, or the model's device (nvjpeg on CUDA)")
     ap.add_argument("--model", default="tf_efficientnet_lite0",
                     help="timm name; ImageNet weights for the lite models, random for others (speed is the same)")
-    args = ap.parse_args()
+    args = ledger.parse_args(ap, TABLE)
     data = Path(args.data)
     if not (data / "train.csv").is_file():
         generate(data, SyntheticConfig(), progress=False)
@@ -73,11 +86,12 @@ def main() -> None:
     describe_split(model, data, "train", ids, args.size, args.batch_size, args.workers, str(device), args.scales,
                    decode=args.decode)
     full = len(ids) / (time.perf_counter() - start)
-    print(json.dumps({"model": args.model, "images": len(ids), "size": args.size, "scales": args.scales,
-                      "batch_size": args.batch_size, "workers": args.workers, "decode": args.decode,
-                      "device": str(device), "nchw_forward_img_per_s": round(nchw, 1),
-                      "bare_forward_img_per_s": round(bare, 1), "nhwc_speedup": round(bare / nchw, 2),
-                      "extract_img_per_s": round(full, 1), "ratio": round(full / bare, 3)}, indent=2))
+    result = {"model": args.model, "images": len(ids), "size": args.size, "scales": args.scales,
+              "batch_size": args.batch_size, "workers": args.workers, "decode": args.decode,
+              "device": str(device), "nchw_forward_img_per_s": round(nchw, 1), "layout": "NHWC",
+              "bare_forward_img_per_s": round(bare, 1), "nhwc_speedup": round(bare / nchw, 2),
+              "extract_img_per_s": round(full, 1), "ratio": round(full / bare, 3)}
+    ledger.publish(TABLE, [result], args.record)
 
 
 if __name__ == "__main__":

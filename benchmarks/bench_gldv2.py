@@ -4,6 +4,8 @@ bytes named <id>.jpg: extraction does not decode). Then a rerun (every shard alr
 after forgetting two shards' completion records (only those two fetched again).
 
     python benchmarks/bench_gldv2.py [--shards 8 --images 100 --kb 256 --workers 4]
+
+``--record`` appends the result to ``benchmarks/results/gldv2.jsonl`` and renders ``gldv2.md``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
 import tarfile
 import socket
@@ -23,6 +24,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from landmark_kit import ledger
 from landmark_kit.gldv2 import Gldv2Config, download
 
 
@@ -77,13 +79,26 @@ def bare_download(url: str, shards: int, workers: int) -> float:
     return time.perf_counter() - start
 
 
+COLUMNS = {
+    "shards": "shards", "MB": "mb", "workers": "workers", "bare read MB/s": "bare_download_mb_s",
+    "stage MB/s": "stage_mb_s", "ratio": "ratio",
+    "rerun": lambda r: f"{r['rerun_s']} s, {r['rerun_skipped']} skipped, {r['rerun_mb']} MB",
+    "forgetting 2 records": lambda r: f"{', '.join(r['forgotten_two_refetched'])} re-fetched, {r['forgotten_two_mb']} MB",
+}
+
+
+TABLE = ledger.Table("gldv2", COLUMNS,
+                     "Stage 00 gldv2 against a bare read of the same shards from a local HTTP server, then a rerun and a "
+                     "rerun after forgetting two shards' completion records.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--images", type=int, default=100, help="files per shard")
     ap.add_argument("--kb", type=int, default=256, help="KiB per file (GLDv2 JPEGs average ~300)")
     ap.add_argument("--workers", type=int, default=4)
-    args = ap.parse_args()
+    args = ledger.parse_args(ap, TABLE)
     with tempfile.TemporaryDirectory() as tmp:
         bucket = Path(tmp) / "bucket"
         total = build_bucket(bucket, args.shards, args.images, args.kb)
@@ -107,14 +122,14 @@ def main() -> None:
         server.terminate()
         server.wait()
     mb = total / 1e6
-    print(json.dumps({
-        "shards": args.shards, "mb": round(mb, 1), "images": first.images,
+    ledger.publish(TABLE, [{
+        "shards": args.shards, "workers": args.workers, "mb": round(mb, 1), "images": first.images,
         "bare_download_mb_s": round(mb / bare, 1), "stage_mb_s": round(mb / first.seconds, 1),
         "ratio": round(bare / first.seconds, 3),
         "rerun_s": round(rerun_s, 2), "rerun_skipped": len(again.skipped), "rerun_mb": again.downloaded_mb,
         "forgotten_two_refetched": partial_run.completed, "forgotten_two_mb": partial_run.downloaded_mb,
         "failed": {**first.failed, **again.failed, **partial_run.failed},
-    }, indent=1))
+    }], args.record)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ on a synthetic competition of at least ``--images`` images (stage 03 with a smal
 
     python benchmarks/bench_memory.py search [--queries 200000 --database 1000000 --dim 512 --resident-gb 4]
     python benchmarks/bench_memory.py predict [--images 20000 --workdir runs/bench-memory]
-    python benchmarks/bench_memory.py table   # runs/bench-memory/memory.md from the *.json results there
+    python benchmarks/bench_memory.py table   # benchmarks/results/memory.md from the --record runs
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from landmark_kit import ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,8 @@ def _status_kib(pid: int) -> dict[str, int]:
 
 
 def measured(cmd: list[str], every: float = 0.05) -> dict:
-    """Run ``cmd`` (its output to stderr, so stdout stays this script's JSON): wall time, peak RSS from ``wait4`` (MiB, the largest process of its tree), and the peaks
+    """Run ``cmd`` (its output to stderr, so stdout stays this script's JSON): wall time, peak RSS from ``wait4``
+    (MiB, the largest process of its tree), and the peaks
     of its own anonymous memory (what it allocated) and file-backed pages (memory-maps, page cache that the
     kernel can drop), sampled every ``every`` seconds from /proc."""
     start = time.perf_counter()
@@ -121,29 +123,19 @@ def predict(args) -> dict:
     return {"job": "predict", "images": sum(sizes.values()), **sizes, "pairs_verified": pairs, **result}
 
 
-def table(folder: Path) -> Path:
-    """``memory.md`` from every result JSON in ``folder`` (what the README's generated block shows)."""
-    from landmark_kit.readme import machine
+def _what(r: dict) -> str:
+    if r["job"] == "search":
+        resident = r["resident_gb"] * 1024 >= r["index_float32_mib"]
+        return (f"search {r['queries']:,} x {r['database']:,} x {r['dim']} float16, k {r['k']}, "
+                f"{'float32 index resident' if resident else 'index streamed'}")
+    return f"stage 04 with verification, {r['images']:,} synthetic images ({r['pairs_verified']:,} pairs)"
 
-    rows = []
-    for path in sorted(folder.glob("*.json")):
-        r = json.loads(path.read_text())
-        if r.get("job") == "search":
-            resident = r["resident_gb"] * 1024 >= r["index_float32_mib"]
-            what = (f"search {r['queries']:,} x {r['database']:,} x {r['dim']} float16, k {r['k']}, "
-                    f"{'float32 index resident' if resident else 'index streamed'}")
-        elif r.get("job") == "predict":
-            what = (f"stage 04 with verification, {r['images']:,} synthetic images "
-                    f"({r['pairs_verified']:,} pairs)")
-        else:
-            continue
-        peaks = " | ".join(f"{r[k]:,.0f}" for k in ("peak_rss_mib", "peak_anon_mib", "peak_file_mib", "seconds"))
-        rows.append(f"| {what} | {peaks} |")
-    text = (f"Measured on {machine()} by `python benchmarks/bench_memory.py` (peaks in MiB).\n\n"
-            "| job | peak RSS | peak anonymous | peak file-backed | seconds |\n|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")
-    (folder / "memory.md").write_text(text)
-    return folder / "memory.md"
+
+COLUMNS = {"job": _what, "peak RSS": "peak_rss_mib", "peak anonymous": "peak_anon_mib",
+           "peak file-backed": "peak_file_mib", "seconds": "seconds"}
+
+
+TABLE = ledger.Table("memory", COLUMNS, "Peaks in MiB, each job in its own process.")
 
 
 def main() -> None:
@@ -156,11 +148,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--resident-gb", type=float, default=4.0)
     ap.add_argument("--images", type=int, default=20_000)
-    args = ap.parse_args()
+    args = ledger.parse_args(ap, TABLE)
     if args.job == "table":
-        print(table(Path(args.workdir)))
+        print(TABLE.render())
         return
-    print(json.dumps(search(args) if args.job == "search" else predict(args), indent=2))
+    ledger.publish(TABLE, [search(args) if args.job == "search" else predict(args)], args.record)
 
 
 if __name__ == "__main__":

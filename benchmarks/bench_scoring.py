@@ -3,19 +3,21 @@
 Reports seconds per track and the ratio to reading the same file with pandas (the I/O floor measured in
 the same run). Requirement (issue 3): each track scores in < 10 s on the 2-core dev machine.
 
-    python benchmarks/bench_scoring.py [--queries 120000 --index 760000 --out /tmp/bench_scoring]
+    python benchmarks/bench_scoring.py [--queries 120000 --index 760000 --out /tmp/bench_scoring] [--record]
+
+``--record`` appends one row per track to ``benchmarks/results/scoring.jsonl`` and renders ``scoring.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from landmark_kit import ledger
 from landmark_kit.scoring import score_files
 from landmark_kit.submission import write_recognition, write_retrieval
 
@@ -50,16 +52,26 @@ def make_files(out: Path, queries: int, index: int, seed: int = 0) -> dict[str, 
     return {"rec": out / "rec_submission.csv", "ret": out / "ret_submission.csv"}
 
 
+COLUMNS = {"track": "track", "queries": "queries", "index ids": "index", "scoring s": "seconds",
+           "pandas read s": "pandas_read_seconds", "ratio": "ratio_to_read",
+           "< 10 s": lambda r: "yes" if r["within_10s"] else "no"}
+
+
+TABLE = ledger.Table("scoring", COLUMNS,
+                     "Scoring a submission file against a solution file; the limit is reading both with pandas in the same "
+                     "run.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--queries", type=int, default=120_000)
     ap.add_argument("--index", type=int, default=760_000)
     ap.add_argument("--out", default="/tmp/bench_scoring")
-    args = ap.parse_args()
+    args = ledger.parse_args(ap, TABLE)
     out = Path(args.out)
     make_files(out, args.queries, args.index)
-    report = {}
-    for track in ("rec", "ret"):
+    results = []
+    for track, name in (("rec", "recognition"), ("ret", "retrieval")):
         t0 = time.perf_counter()
         pd.read_csv(out / f"{track}_submission.csv", dtype=str, keep_default_na=False)
         pd.read_csv(out / f"{track}_solution.csv", dtype=str, keep_default_na=False)
@@ -67,14 +79,15 @@ def main() -> None:
         t0 = time.perf_counter()
         result = score_files(out / f"{track}_solution.csv", out / f"{track}_submission.csv")
         seconds = time.perf_counter() - t0
-        report[track] = {
+        results.append({
+            "track": name, "queries": args.queries, "index": args.index,
             "seconds": round(seconds, 2),
             "pandas_read_seconds": round(io_floor, 2),
             "ratio_to_read": round(seconds / io_floor, 2),
             "within_10s": seconds < 10,
             "score_all": {k: v for k, v in result["scores"]["All"].items() if k != "precision@k"},
-        }
-    print(json.dumps({"queries": args.queries, "index": args.index, **report}, indent=2))
+        })
+    ledger.publish(TABLE, results, args.record)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,20 @@ approximate faiss index's time and recall@k against the exact result. The databa
 noise), as descriptors of landmark photos are; uniform random vectors make every IVF/PQ index look useless.
 
     python benchmarks/bench_search.py [--queries 4096 --database 100000 --dim 512 --k 100 --index IVF1024,PQ64]
+
+``--record`` appends the result to ``benchmarks/results/search.jsonl`` and renders ``search.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from landmark_kit import ledger
 from landmark_kit.search import knn
 
 
@@ -32,6 +34,20 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
+COLUMNS = {
+    "device": "device", "shape (Q x N x D, k)": lambda r: f"{r['queries']:,} x {r['database']:,} x {r['dim']}, {r['k']}",
+    "store": "store_dtype", "product GFLOP/s (limit)": "matmul_gflops", "`knn` GFLOP/s": "knn_gflops",
+    "ratio": "ratio", "faiss flat GFLOP/s": "faiss_flat_gflops",
+    "approximate index": lambda r: (f"{r['index']} nprobe {r['nprobe']}: {r['index_s']} s, recall@k "
+                                    f"{r['recall_at_k']}") if r.get("index") else "",
+}
+
+
+TABLE = ledger.Table("search", COLUMNS,
+                     "Exact search against a plain torch product of the same shapes, best of `--repeat` timings each "
+                     "(target ratio >= 0.8).")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=4096)
@@ -43,7 +59,7 @@ def main() -> None:
     ap.add_argument("--store-dtype", default="float16", choices=["float16", "float32"],
                     help="dtype of the database as knn receives it (stage 03 stores float16 by default)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N timings for each contender (shared machines)")
-    args = ap.parse_args()
+    args = ledger.parse_args(ap, TABLE)
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((max(args.database // 50, 1), args.dim), dtype=np.float32)
     db = centres[rng.integers(0, len(centres), args.database)]
@@ -72,7 +88,8 @@ def main() -> None:
     _, exact = knn(q, stored, args.k)
     faiss_flat = best_of(lambda: knn(q, db, args.k, backend="faiss"), args.repeat)
     report = {"queries": args.queries, "database": args.database, "dim": args.dim, "k": args.k,
-              "device": device, "store_dtype": args.store_dtype, "repeat": args.repeat, "threads": torch.get_num_threads(), "matmul_gflops": round(flops / matmul / 1e9, 1),
+              "device": device, "store_dtype": args.store_dtype, "repeat": args.repeat,
+              "threads": torch.get_num_threads(), "matmul_gflops": round(flops / matmul / 1e9, 1),
               "knn_gflops": round(flops / search / 1e9, 1), "ratio": round(matmul / search, 3),
               "faiss_flat_gflops": round(flops / faiss_flat / 1e9, 1), "faiss_ratio": round(matmul / faiss_flat, 3)}
     if args.index:
@@ -82,7 +99,7 @@ def main() -> None:
                        "flat_s": round(search, 2),
                        "recall_at_k": round(float(np.mean([len(set(a) & set(b)) / args.k
                                                             for a, b in zip(approx, exact)])), 4)})
-    print(json.dumps(report, indent=2))
+    ledger.publish(TABLE, [report], args.record)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ benchmark also times the loader's per-image job in one process and reports the s
 from the run's ``log.csv``.
 
     python benchmarks/bench_train.py [--data runs/demo/synthetic --recipe training/synthetic-lite0.yaml --epochs 2]
+
+``--record`` appends the result to ``benchmarks/results/train.jsonl`` and renders ``train.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from landmark_kit import ledger
 from landmark_kit.augment import DeviceAugment
 from landmark_kit.data import ImageDataset, read_train_csv
 from landmark_kit.extract import ShapedDataset
@@ -32,13 +34,27 @@ from landmark_kit.synthetic import SyntheticConfig, generate
 from landmark_kit.train import TrainConfig, Trainable, build_model, freeze_stages, resolve_device, train
 
 
+COLUMNS = {
+    "device": "device", "recipe": lambda r: f"`{r['recipe']}`", "workers": "workers",
+    "bare step img/s": "bare_train_step_img_per_s", "+ device augmentation": "with_device_augment_img_per_s",
+    "loader decode (1 process)": "loader_decode_img_per_s_one_process",
+    "shared-core bound": "shared_core_bound_img_per_s", "train img/s": "train_img_per_s",
+    "ratio to bare": "ratio", "ratio to bound": "ratio_of_shared_core_bound",
+}
+
+
+TABLE = ledger.Table("train", COLUMNS,
+                     "Stage 02 training against the bare step of the same model in the same run (target ratio to bare >= "
+                     "0.9 where the loader has cores of its own).")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="runs/demo/synthetic")
     ap.add_argument("--recipe", default="training/synthetic-lite0.yaml")
     ap.add_argument("--epochs", type=int, default=2, help="main epochs of the timed run (no final stage)")
     ap.add_argument("--steps", type=int, default=20, help="bare steps timed after 2 warm-up steps")
-    args = ap.parse_args()
+    args = ledger.parse_args(ap, TABLE)
     data = Path(args.data)
     if not (data / "train.csv").is_file():
         generate(data, SyntheticConfig(), progress=False)
@@ -93,14 +109,15 @@ def main() -> None:
         rows = list(csv.DictReader(io.StringIO((Path(tmp) / "log.csv").read_text())))
     full = float(np.mean([float(r["img_s"]) for r in rows]))
     shared = 1.0 / (1.0 / augmented + 1.0 / decode)  # best possible when decoding takes the training's own cores
-    print(json.dumps({"recipe": args.recipe, "model": cfg.model, "side": side, "batch_size": cfg.batch_size,
-                      "workers": cfg.workers, "device": str(device), "augment": cfg.augment,
-                      "bare_train_step_img_per_s": round(bare, 1),
-                      "with_device_augment_img_per_s": round(augmented, 1), "train_img_per_s": round(full, 1),
-                      "per_epoch": [float(r["img_s"]) for r in rows], "ratio": round(full / bare, 3),
-                      "loader_decode_img_per_s_one_process": round(decode, 1),
-                      "shared_core_bound_img_per_s": round(shared, 1),
-                      "ratio_of_shared_core_bound": round(full / shared, 3)}, indent=2))
+    ledger.publish(TABLE, [{"recipe": args.recipe, "model": cfg.model, "side": side, "batch_size": cfg.batch_size,
+                              "workers": cfg.workers, "device": str(device), "augment": cfg.augment,
+                              "bare_train_step_img_per_s": round(bare, 1),
+                              "with_device_augment_img_per_s": round(augmented, 1),
+                              "train_img_per_s": round(full, 1), "per_epoch": [float(r["img_s"]) for r in rows],
+                              "ratio": round(full / bare, 3),
+                              "loader_decode_img_per_s_one_process": round(decode, 1),
+                              "shared_core_bound_img_per_s": round(shared, 1),
+                              "ratio_of_shared_core_bound": round(full / shared, 3)}], args.record)
 
 
 if __name__ == "__main__":

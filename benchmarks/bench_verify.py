@@ -15,7 +15,6 @@ competition (generated if missing).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from dataclasses import replace
@@ -43,11 +42,9 @@ COLUMNS = {
 }
 
 
-def table(folder: Path = ledger.LEDGER) -> Path:
-    """``benchmarks/results/verify.md`` from every recorded run."""
-    return ledger.render("verify", COLUMNS, folder=folder,
-                         intro="Limit = workers x the bare single-core rate, measured in the same run (with "
-                         "`--device cuda` the ratio is the speed-up over that CPU limit).")
+TABLE = ledger.Table("verify", COLUMNS,
+                     "Limit = workers x the bare single-core rate, measured in the same run (with `--device cuda` the "
+                     "ratio is the speed-up over that CPU limit).")
 
 
 def main() -> None:
@@ -61,12 +58,7 @@ def main() -> None:
     ap.add_argument("--max-keypoints", type=int, help="override the local features' keypoint cap")
     ap.add_argument("--bare-pairs", type=int, help="time the bare loop on this many of the pairs (default all)")
     ap.add_argument("--same-label", action="store_true", help="pairs of same-label images (cleaning's pairs)")
-    ap.add_argument("--record", action="store_true", help="append to benchmarks/results/verify.jsonl, render .md")
-    ap.add_argument("--table", action="store_true", help="only render benchmarks/results/verify.md")
-    args = ap.parse_args()
-    if args.table:
-        print(table())
-        return
+    args = ledger.parse_args(ap, TABLE)
     data = Path(args.data)
     if not (data / "train.csv").is_file():
         generate(data, SyntheticConfig(), progress=False)
@@ -116,10 +108,7 @@ def main() -> None:
               "bare_ms_per_pair": round(1000 * bare / len(pairs[: args.bare_pairs]), 3),
               "limit_pairs_per_s": round(limit, 1), "verify_pairs_per_s": round(measured, 1),
               "ratio": round(measured / limit, 3)}
-    print(json.dumps(result, indent=2))
-    if args.record:
-        ledger.record("verify", result)
-        print(table())
+    ledger.publish(TABLE, [result], args.record)
 
 
 if __name__ == "__main__":

@@ -63,10 +63,7 @@ def run(data_root: Path, recipe: str, out_root: Path) -> dict:
             "seconds": round(seconds)}
 
 
-def table(folder: Path = ledger.LEDGER) -> Path:
-    """``benchmarks/results/cleaning.md`` from every recorded comparison."""
-    return ledger.render("cleaning", COLUMNS, folder=folder,
-                         intro="Targets: precision >= 0.95, recall >= 0.9, clean kept >= 0.9.")
+TABLE = ledger.Table("cleaning", COLUMNS, "Targets: precision >= 0.95, recall >= 0.9, clean kept >= 0.9.")
 
 
 def main() -> None:
@@ -74,19 +71,9 @@ def main() -> None:
     ap.add_argument("--data-root", default="runs/demo/synthetic")
     ap.add_argument("--recipes", nargs="+", default=RECIPES)
     ap.add_argument("--out-root", default="runs/compare-cleaning")
-    ap.add_argument("--record", action="store_true", help="append to benchmarks/results/cleaning.jsonl, render .md")
-    ap.add_argument("--table", action="store_true", help="only render benchmarks/results/cleaning.md")
-    args = ap.parse_args()
-    if args.table:
-        print(table())
-        return
-    for recipe in args.recipes:
-        result = run(Path(args.data_root), recipe, Path(args.out_root))
-        print(json.dumps(result))
-        if args.record:
-            ledger.record("cleaning", result)
-    if args.record:
-        print(table())
+    args = ledger.parse_args(ap, TABLE)
+    results = [run(Path(args.data_root), recipe, Path(args.out_root)) for recipe in args.recipes]
+    ledger.publish(TABLE, results, args.record)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from .artifacts import write_text
 from .data import atomic_write_csv
 from .ensemble import load_ensemble, load_features, run_ensemble
 from .metrics import retrieval_metrics
+from .readme import machine
 from .search import knn
 from .submission import read_solution
 
@@ -49,15 +50,16 @@ def map_vs_index_size(data_root: str | os.PathLike, workdir: str | os.PathLike, 
     return pd.DataFrame(rows)
 
 
-def write_report(table: pd.DataFrame, out: Path, title: str) -> None:
-    """The table as CSV and markdown, and the curve as a PNG."""
+def write_report(table: pd.DataFrame, out: Path, title: str, intro: str = "") -> None:
+    """The table as CSV and markdown (after ``intro``: what made it), and the curve as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     atomic_write_csv(table, out / "index_growth.csv")
-    lines = ["| distractors | index size | mAP@100 | P@1 |", "|---|---|---|---|"]
+    lines = [intro, ""] if intro else []
+    lines += ["| distractors | index size | mAP@100 | P@1 |", "|---|---|---|---|"]
     lines += [f"| {r.distractors} | {r.index_size} | {r._3:.4f} | {r._4:.3f} |" for r in table.itertuples()]
     write_text(out / "index_growth.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -82,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(args.workdir)
     run_ensemble(load_ensemble(args.ensemble), args.data_root, workdir)
     table = map_vs_index_size(args.data_root, workdir, args.steps, args.seed)
-    write_report(table, workdir, f"{Path(args.ensemble).stem} on {Path(args.data_root).name}")
+    command = (f"python -m landmark_kit.index_growth --data-root {args.data_root} --workdir {args.workdir} "
+               f"--ensemble {args.ensemble}")
+    write_report(table, workdir, f"{Path(args.ensemble).stem} on {Path(args.data_root).name}",
+                 f"`{command}` on {machine()}:")
     print((workdir / "index_growth.md").read_text(), end="")
 
 

@@ -10,11 +10,13 @@ they were transcribed from; the table marks them ``[n]`` and lists the sources u
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -97,3 +99,38 @@ def render(name: str, columns: dict[str, Column], *, where: Callable[[dict], boo
     path = Path(folder) / f"{name}.md"
     write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class Table:
+    """What a script records to and renders: ledger ``name``, its columns (header -> key or function of an
+    entry) and a line above the table."""
+
+    name: str
+    columns: dict[str, Column]
+    intro: str = ""
+
+    def render(self, folder: str | os.PathLike = LEDGER) -> Path:
+        return render(self.name, self.columns, intro=self.intro, folder=folder)
+
+
+def parse_args(parser: argparse.ArgumentParser, table: Table) -> argparse.Namespace:
+    """``parser``'s arguments plus ``--record`` and ``--table``; with ``--table`` render and exit."""
+    parser.add_argument("--record", action="store_true",
+                        help=f"append the result to benchmarks/results/{table.name}.jsonl and render its .md")
+    parser.add_argument("--table", action="store_true", help=f"only render benchmarks/results/{table.name}.md")
+    args = parser.parse_args()
+    if args.table:
+        print(table.render())
+        raise SystemExit(0)
+    return args
+
+
+def publish(table: Table, results: list[dict], record_it: bool) -> None:
+    """Print each result as JSON; with ``record_it`` append them to the ledger and render its table."""
+    for result in results:
+        print(json.dumps(result, indent=2))
+    if record_it:
+        for result in results:
+            record(table.name, result)
+        print(table.render())
