@@ -78,3 +78,19 @@ def test_docs_blocks_from_tracked_results_are_up_to_date(tmp_path):
         copy.write_text(tracked)
         refresh(copy, REPO)
         assert copy.read_text() == tracked, f"{page}: run python -m landmark_kit.readme {page.relative_to(REPO)}"
+
+
+def test_scripts_get_record_and_table_flags_and_print_results(capsys, monkeypatch):
+    import argparse
+    import sys
+
+    table = ledger.Table("never-written", {"n": "n"})
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=3)
+    monkeypatch.setattr(sys, "argv", ["x.py", "--record"])
+    args = ledger.parse_args(parser, table)
+    assert args.record and not args.table and args.n == 3
+    ledger.publish(table, [{"n": 1}, {"n": 2}], record_it=False)
+    assert [json.loads(chunk) for chunk in capsys.readouterr().out.replace("}\n{", "}\x00{").split("\x00")] == [
+        {"n": 1}, {"n": 2}]
+    assert not (ledger.LEDGER / "never-written.jsonl").exists()
