@@ -17,7 +17,7 @@ from pathlib import Path
 
 from landmark_kit.artifacts import write_text
 from landmark_kit.ensemble import load_ensemble
-from landmark_kit.estimate import ensemble_dim, estimate, format_rows, load_rates
+from landmark_kit.estimate import ensemble_dim, estimate, load_rates, steps_table
 from landmark_kit.predict import PredictConfig, check_config
 from landmark_kit.readme import markdown_table
 from landmark_kit.recipes import load_recipe
@@ -55,7 +55,7 @@ def main() -> None:
     full, summary = [], []
     for name, flags, test, index, train, limit, bundled in CASES:
         rows = estimate(ensemble, recipe, rates, test, index, train, dim, limit, bundled)
-        full.append(f"{name}, `{flags}`:\n\n{format_rows(rows, rates).split(chr(10), 2)[2]}")
+        full.append(f"{name}, `{flags}`:\n\n{steps_table(rows)}")
         extract = sum(r["hours"] for r in rows if r["step"].startswith("extract"))
         summary.append({"sizes": name, "limit": f"{limit} h", "extraction": f"{extract:,.0f} h",
                         "total": f"{rows[-1]['hours']:,.0f} h"})

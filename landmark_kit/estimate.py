@@ -168,11 +168,15 @@ def estimate(ensemble, recipe, rates: Rates, test: int, index: int, train: int, 
     return rows
 
 
-def format_rows(rows: list[dict], rates: Rates) -> str:
-    """The estimate as a markdown table, the machine named."""
+def steps_table(rows: list[dict]) -> str:
+    """The estimate's rows (from :func:`estimate`) as a markdown table."""
     from .readme import markdown_table
 
-    table = markdown_table([{"step": r["step"], "work": r["work"], "rate": r["rate"],
-                             "hours": f"{r['hours']:.2f}" + (f" - fits: {r['fits']}" if "fits" in r else "")}
-                            for r in rows])
-    return f"Rates measured on {rates.machine}.\n\n{table}"
+    return markdown_table([{"step": r["step"], "work": r["work"], "rate": r["rate"],
+                            "hours": f"{r['hours']:.2f}" + (f" - fits: {r['fits']}" if "fits" in r else "")}
+                           for r in rows])
+
+
+def format_rows(rows: list[dict], rates: Rates) -> str:
+    """The estimate as a markdown table, the machine named."""
+    return f"Rates measured on {rates.machine}.\n\n{steps_table(rows)}"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .artifacts import write_text
-from .readme import REPO, machine
+from .readme import REPO, machine, markdown_table
 
 LEDGER = REPO / "benchmarks" / "results"
 
@@ -74,25 +74,17 @@ def _cell(row: dict, column: Column) -> str:
     return "" if value is None else str(value)
 
 
-def render(name: str, columns: dict[str, Column], *, where: Callable[[dict], bool] | None = None,
-           intro: str = "", folder: str | os.PathLike = LEDGER) -> Path:
+def render(name: str, columns: dict[str, Column], *, intro: str = "", folder: str | os.PathLike = LEDGER) -> Path:
     """``folder/<name>.md``: a table of the ledger's entries (``columns``: header -> key or function of the
     entry), then each distinct command once; transcribed rows (with a ``source``) are marked and listed."""
-    rows = [row for row in entries(name, folder) if where is None or where(row)]
-    header = ["date", "machine", *columns]
+    rows = entries(name, folder)
+    sources = list(dict.fromkeys(row["source"] for row in rows if row.get("source")))
+    table = [{"date": row.get("date", "") + (f" [{sources.index(row['source']) + 1}]" if row.get("source") else ""),
+              "machine": row.get("machine", ""), **{h: _cell(row, c) for h, c in columns.items()}} for row in rows]
     lines = [intro.rstrip(), ""] if intro else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    sources: list[str] = []
-    for row in rows:
-        mark = ""
-        if row.get("source"):
-            if row["source"] not in sources:
-                sources.append(row["source"])
-            mark = f" [{sources.index(row['source']) + 1}]"
-        cells = [row.get("date", "") + mark, row.get("machine", ""), *(_cell(row, c) for c in columns.values())]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += [markdown_table(table).rstrip()]  # empty for an empty ledger
     commands = list(dict.fromkeys(row["command"] for row in rows if row.get("command")))
-    lines += ["", "Commands (`--record` appends to `" + f"benchmarks/results/{name}.jsonl`" + "):", ""]
+    lines += ["", f"Commands (`--record` appends to `benchmarks/results/{name}.jsonl`):", ""]
     lines += [f"    {command}" for command in commands]
     if sources:
         lines += [""] + [f"[{n}] {source}  " for n, source in enumerate(sources, 1)]

@@ -36,10 +36,12 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
 
 
-def run_stage(script: str, *args) -> subprocess.CompletedProcess:
-    """``stages/<script>`` to the end; its output (fails the test on a non-zero exit)."""
-    done = subprocess.run([sys.executable, str(ROOT / "stages" / script), *map(str, args)], capture_output=True,
-                          text=True, env=env(), cwd=ROOT, timeout=900)
+def run_stage(script: str, *args, prefix: tuple[str, ...] = (), extra_env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    """``stages/<script>`` to the end (behind ``prefix``, e.g. a command that switches user, with ``extra_env``);
+    its output (fails the test on a non-zero exit)."""
+    done = subprocess.run([*prefix, sys.executable, str(ROOT / "stages" / script), *map(str, args)],
+                          capture_output=True, text=True, env={**env(), **(extra_env or {})}, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -1,16 +1,14 @@
 """Issue 16's bad-input matrix through every stage that reads images (01 clean, 02 train, 03 extract, 04
 predict with local features): truncated / corrupt / empty files, PNG / GIF / WebP behind .jpg, CMYK, 16-bit,
 grayscale, RGBA, EXIF rotation, 1x1, a 20000 x 20000 bomb, a missing file and a folder in its place planted
-in every split, and (separately) files without read permission. Each stage finishes; decodable files get descriptors; the others are listed with id and reason;
-every test id still gets a submission row."""
+in every split, and (separately) files without read permission. Each stage finishes; decodable files get
+descriptors; the others are listed with id and reason; every test id still gets a submission row."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 import torch
 
 from badinputs import CASES, copy_competition, plant
-from killrun import ROOT, env, run_stage
+from killrun import run_stage
 from landmark_kit.data import image_path, scan_split
 from landmark_kit.submission import validate_against
 
@@ -64,6 +62,13 @@ def _check_listed(listed: pd.DataFrame, planted: dict[str, str], split: str = "t
         assert expected[image_id] in reason, (planted[image_id], reason)
 
 
+def _check_every_test_id_has_a_row(submissions: Path, test_ids: set[str]) -> None:
+    """Both submission CSVs in ``submissions`` have exactly one row per test id."""
+    for name in ("recognition.csv", "retrieval.csv"):
+        rows = pd.read_csv(submissions / name, dtype=str, keep_default_na=False)
+        assert set(rows["id"]) == test_ids and len(rows) == len(test_ids), name
+
+
 @pytest.mark.parametrize("decode", ["cpu", "device"])
 def test_extraction_lists_exactly_the_unreadable_files(bad, ensemble_recipe, tmp_path, decode):
     from landmark_kit.ensemble import load_features
@@ -93,9 +98,8 @@ def test_prediction_with_local_features_gives_every_test_id_a_row(bad, ensemble_
     assert "unreadable image(s)" in out.stderr
     test_ids = set(pd.read_csv(root / "recognition_sample_submission.csv", dtype=str)["id"])
     assert len(test_ids) == 30 and set(planted["test"]) <= test_ids  # missing files included
+    _check_every_test_id_has_a_row(tmp_path / "s", test_ids)
     for name in ("recognition.csv", "retrieval.csv"):
-        rows = pd.read_csv(tmp_path / "s" / name, dtype=str, keep_default_na=False)
-        assert set(rows["id"]) == test_ids and len(rows) == len(test_ids), name
         assert validate_against(tmp_path / "s" / name, data_root=root) == []  # stage 05 --validate agrees
     skipped = pd.read_csv(tmp_path / "s" / "skipped.csv", dtype=str)
     for split in ("train", "test", "index"):
@@ -160,23 +164,17 @@ def test_files_without_read_permission_are_listed_and_test_ids_keep_rows(tiny_co
     post = shared_tmp / "p.yaml"
     post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nlocal: {max_keypoints: 200, workers: 1}\n"
                     "verify: {workers: 1}\n")
-    as_user = []
+    as_user = ()
     if os.geteuid() == 0:
         if not shutil.which("setpriv"):
             pytest.skip("running as root, which reads any file, and no setpriv (util-linux) to run as nobody")
-        as_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    done = subprocess.run([*as_user, sys.executable, str(ROOT / "stages" / "04_predict.py"), "--data-root", str(root),
-                           "--workdir", str(work / "w"), "--ensemble", str(recipe), "--recipe", str(post),
-                           "--out-root", str(work), "--name", "s"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=900,
-                          env={**env(), "HOME": str(work), "MPLCONFIGDIR": str(work / "mpl")})
-    assert done.returncode == 0, done.stderr[-3000:]
+        as_user = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+    run_stage("04_predict.py", "--data-root", root, "--workdir", work / "w", "--ensemble", recipe, "--recipe", post,
+              "--out-root", work, "--name", "s", prefix=as_user,
+              extra_env={"HOME": str(work), "MPLCONFIGDIR": str(work / "mpl")})
     skipped = pd.read_csv(work / "s" / "skipped.csv", dtype=str)
     for split, image_id in locked.items():
         rows = skipped[(skipped["split"] == split) & (skipped["id"] == image_id)]
         assert len(rows) and rows["reason"].str.contains("Permission denied").all(), (split, skipped)
     assert set(skipped["id"]) == set(locked.values())
-    test_ids = set(scan_split(tiny_competition, "test"))
-    for name in ("recognition.csv", "retrieval.csv"):
-        rows = pd.read_csv(work / "s" / name, dtype=str, keep_default_na=False)
-        assert set(rows["id"]) == test_ids and len(rows) == len(test_ids), name
+    _check_every_test_id_has_a_row(work / "s", set(scan_split(tiny_competition, "test")))
