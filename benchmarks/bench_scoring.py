@@ -41,14 +41,17 @@ def make_files(out: Path, queries: int, index: int, seed: int = 0) -> dict[str, 
     )
     pred = np.where(rng.random(queries) < 0.5, labels, rng.integers(0, 200_000, queries))
     write_recognition(out / "rec_submission.csv", test_ids, pred, rng.random(queries))
-    gt_sizes = rng.integers(1, 30, queries)
-    gt = [" ".join(index_ids[rng.integers(0, index, s)]) for s in gt_sizes]
+    gt_pos = [rng.integers(0, index, s) for s in rng.integers(1, 30, queries)]
+    gt = [" ".join(index_ids[p]) for p in gt_pos]
     # every query scored (none Ignored), so all 120k x 100 predicted ids go through the metric
     pd.DataFrame({"id": test_ids, "images": gt, "Usage": usage}).to_csv(out / "ret_solution.csv", index=False)
-    retrieved = index_ids[rng.integers(0, index, (queries, 100))]
+    first = np.array([p[0] for p in gt_pos])
+    # 100 distinct index ids per query (a valid row), none its first positive: sorted draw + rank, shifted past it
+    retrieved = np.sort(rng.integers(0, index - 100, (queries, 100)), axis=1) + np.arange(100)
+    retrieved = rng.permuted(retrieved + (retrieved >= first[:, None]), axis=1)
     hit = rng.random(queries) < 0.5  # half the queries find one of their positives at a random rank
-    retrieved[hit, rng.integers(0, 100, hit.sum())] = [g.split(" ")[0] for g, h in zip(gt, hit) if h]
-    write_retrieval(out / "ret_submission.csv", test_ids, retrieved.tolist())
+    retrieved[hit, rng.integers(0, 100, hit.sum())] = first[hit]
+    write_retrieval(out / "ret_submission.csv", test_ids, index_ids[retrieved].tolist())
     return {"rec": out / "rec_submission.csv", "ret": out / "ret_submission.csv"}
 
 

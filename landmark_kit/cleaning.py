@@ -5,7 +5,7 @@ For every train image: its k nearest neighbours in global-descriptor space; amon
 kept when more than ``t_frequency`` of them have at least ``inlier_threshold`` inliers. Labels left with
 fewer than ``min_images_per_label`` images are dropped. Each unordered pair is verified once.
 
-Output folder (``cleaning/<name>/`` by default)::
+Output folder (``runs/cleaning/<name>/`` by default)::
 
     recipe.yaml  train_clean.csv  per_image.csv  per_label.csv  pairs.csv  skipped.csv  inliers.png  removed.png
     report.json
@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .artifacts import atomic_path, part_path, parts, save_part, write_text
+from .artifacts import atomic_path, intact, part_path, parts, read_chunks, save_part, write_text
 from .data import atomic_write_csv, read_train_csv
-from .ensemble import extract_member, load_ensemble, load_features, skipped_images
+from .ensemble import extract_member, load_ensemble, load_features, member_identity, skipped_images
 from .local import FeatureStore, LocalConfig, extract_local
-from .recipes import config_digest, save_recipe, to_dict
+from .recipes import config_digest, recipe_field, save_recipe, to_dict
 from .search import knn
 from .verify import VerifyConfig, verify_pairs
 
@@ -38,12 +38,15 @@ log = logging.getLogger(__name__)
 class CleanConfig:
     """Cleaning recipe (``cleaning/*.yaml``); defaults are the paper's (k 1000, 100 verified, 30 / 2)."""
 
-    ensemble: str = "ensembles/imagenet-lite0.yaml"  # global descriptors for the kNN (first member used)
+    ensemble: str = recipe_field("ensembles/imagenet-lite0.yaml")  # global descriptors (first member used)
     k: int = 1000
     max_verify: int = 100
     inlier_threshold: int = 30
     t_frequency: int = 2
     min_images_per_label: int = 2
+    # images the rule cannot judge (no same-label neighbour to verify against, or no verified pair in their
+    # label at all) are dropped by the paper's rule; True keeps them, for small or hard real-photo folders
+    keep_unjudged: bool = False
     local: LocalConfig = field(default_factory=LocalConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     rank: int = 0  # this process verifies pairs rank, rank + world_size, ... (scale-out)
@@ -94,11 +97,11 @@ def _verified_pairs(cfg: CleanConfig, pairs: np.ndarray, ids: list[str], store: 
             stale.unlink(missing_ok=True)
         write_text(folder / "pairs.json", json.dumps(meta))
     starts = range(0, len(mine), cfg.verify.save_every)
-    done = sum(min(cfg.verify.save_every, len(mine) - s) for n, s in enumerate(starts)
-               if part_path(folder, n).is_file())
+    finished = {n for n in range(len(starts)) if intact(part_path(folder, n))}  # a damaged chunk is removed, redone
+    done = sum(min(cfg.verify.save_every, len(mine) - s) for n, s in enumerate(starts) if n in finished)
     with tqdm(total=len(mine), initial=done, desc="verify train pairs", unit="pair") as bar:
         for number, start in enumerate(starts):
-            if part_path(folder, number).is_file():
+            if number in finished:
                 continue  # finished before a kill
             chunk = mine[start: start + cfg.verify.save_every]
             inliers = verify_pairs([(ids[i], ids[j]) for i, j in chunk], store, cfg.verify)
@@ -111,7 +114,8 @@ def _verified_pairs(cfg: CleanConfig, pairs: np.ndarray, ids: list[str], store: 
 def _rank_folder(cfg: CleanConfig, out: Path, rank: int) -> Path:
     """Pair results of one rank, named by the local-feature + verification settings that produced them."""
     runtime = ("workers", "device", "shard_size", "gpu_batch", "save_every")  # settings that do not change the results
-    settings = {"ensemble": cfg.ensemble, "k": cfg.k, "max_verify": cfg.max_verify,
+    member = member_identity(load_ensemble(cfg.ensemble).members[0])  # what it is, not where its recipe lies
+    settings = {"ensemble": member, "k": cfg.k, "max_verify": cfg.max_verify,
                 **{f"local.{k}": v for k, v in cfg.local.cache_key().items()},
                 **{f"verify.{k}": v for k, v in to_dict(cfg.verify).items() if k not in runtime}}
     digest = config_digest(settings)
@@ -119,11 +123,11 @@ def _rank_folder(cfg: CleanConfig, out: Path, rank: int) -> Path:
 
 
 def pair_parts(cfg: CleanConfig, out: Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Every rank's verified chunks, one ``(i, j, inliers)`` at a time (never all pairs at once)."""
+    """Every rank's verified chunks, one ``(i, j, inliers)`` at a time (never all pairs at once); a damaged chunk
+    is removed (logged) and left out, so the count falls short and its rank's rerun verifies it again."""
     for rank in range(cfg.world_size):
-        for path in parts(_rank_folder(cfg, out, rank)):
-            with np.load(path) as z:
-                yield z["i"], z["j"], z["inliers"]
+        for z in read_chunks(parts(_rank_folder(cfg, out, rank))):
+            yield z["i"], z["j"], z["inliers"]
 
 
 def pair_counts(n: int, i: np.ndarray, j: np.ndarray, inliers: np.ndarray, threshold: int
@@ -135,21 +139,41 @@ def pair_counts(n: int, i: np.ndarray, j: np.ndarray, inliers: np.ndarray, thres
 
 
 def decide(train: pd.DataFrame, candidates: np.ndarray, verified: np.ndarray, cfg: CleanConfig) -> pd.DataFrame:
-    """Per image (``train`` order): candidate pairs, verified neighbours, kept; then rare labels dropped."""
+    """Per image (``train`` order): candidate pairs, verified neighbours, kept, and the ``reason`` in words;
+    images the rule cannot judge are kept with ``keep_unjudged``; then rare labels are dropped."""
     per_image = train.copy()
     per_image["candidates"] = np.asarray(candidates, np.int64)
     per_image["verified"] = np.asarray(verified, np.int64)
-    per_image["kept"] = per_image["verified"] > cfg.t_frequency
-    label_size = per_image[per_image["kept"]].groupby("landmark_id").size()
-    small = per_image["landmark_id"].map(label_size).fillna(0) < cfg.min_images_per_label
-    per_image["dropped_rare_label"] = per_image["kept"] & small
-    per_image["kept"] &= ~small
+    label = per_image.groupby("landmark_id")
+    alone = label["id"].transform("size").to_numpy() < 2
+    no_candidate = per_image["candidates"].to_numpy() == 0
+    label_unverified = label["verified"].transform("max").to_numpy() == 0
+    unjudged = alone | no_candidate | label_unverified
+    passed = per_image["verified"].to_numpy() > cfg.t_frequency
+    kept = passed | (unjudged & cfg.keep_unjudged)
+    reason = np.select(
+        [passed, alone, no_candidate, label_unverified],
+        [f"more than {cfg.t_frequency} verified neighbour(s)", "only image of its label: cannot be verified",
+         "no same-label image among its global neighbours: cannot be verified",
+         "no pair of its label verified: cannot judge which images are wrong"],
+        f"at most {cfg.t_frequency} verified neighbour(s) while others of its label verify")
+    reason = np.where(~passed & unjudged, np.where(kept, "kept, ", "dropped, ") + reason, reason)
+    label_size = pd.Series(kept).groupby(per_image["landmark_id"].to_numpy()).transform("sum").to_numpy()
+    small = label_size < cfg.min_images_per_label
+    per_image["kept"] = kept & ~small
+    per_image["dropped_rare_label"] = kept & small
+    per_image["reason"] = np.where(kept & small, f"label has fewer than {cfg.min_images_per_label} kept image(s)",
+                                   reason)
     return per_image
 
 
-def evaluate(per_image: pd.DataFrame, ground_truth: Path) -> dict:
-    """Noise-removal precision / recall and clean images kept, against a synthetic ground truth."""
-    gt = pd.read_csv(ground_truth, dtype={"id": str}).set_index("id")
+def evaluate(per_image: pd.DataFrame, ground_truth: Path) -> dict | None:
+    """Noise-removal precision / recall and clean images kept, against a synthetic set's ground truth (a
+    ``ground_truth.csv`` with a ``noise`` column per train id); None for any other ``ground_truth.csv``."""
+    gt = pd.read_csv(ground_truth, dtype={"id": str})
+    if not {"id", "noise"} <= set(gt.columns) or not per_image["id"].isin(gt["id"]).all():
+        return None
+    gt = gt.drop_duplicates("id").set_index("id")
     noise = gt.loc[per_image["id"], "noise"].to_numpy(bool)
     removed = ~per_image["kept"].to_numpy(bool)
     small = per_image.groupby("landmark_id")["id"].transform("size").to_numpy() <= 2
@@ -205,14 +229,14 @@ def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) ->
     """
     out = Path(out_dir)
     work = Path(workdir) if workdir else out / "work"
-    out.mkdir(parents=True, exist_ok=True)
-    save_recipe(cfg, out / "recipe.yaml")
-    train = read_train_csv(train_csv or Path(data_root) / "train.csv")
+    train = read_train_csv(train_csv or Path(data_root) / "train.csv")  # inputs checked before anything is written
     ids = train["id"].tolist()
     labels = train["landmark_id"].to_numpy()
-
     ens = load_ensemble(cfg.ensemble)
     member = ens.members[0]
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(cfg, out / "recipe.yaml")
+
     extract_member(member, ens, data_root, work, splits=("train",), train_csv=train_csv)
     feats, feat_ids = load_features(work / "features" / member.name, "train")  # memory-mapped
     if feat_ids != ids:
@@ -251,9 +275,12 @@ def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) ->
         "pairs_verified": total,
         "unreadable_images": int(skipped["id"].nunique()),
         "pairs_over_threshold": over,
+        "kept_unjudged": int((per_image["kept"] & per_image["reason"].str.startswith("kept, ")).sum()),
+        "reasons": {k: int(v) for k, v in per_image["reason"].value_counts().items()},
     }
     gt = Path(data_root) / "ground_truth.csv"
-    if gt.is_file():
-        report["against_ground_truth"] = evaluate(per_image, gt)
+    truth = evaluate(per_image, gt) if gt.is_file() else None
+    if truth is not None:
+        report["against_ground_truth"] = truth
     write_text(out / "report.json", json.dumps(report, indent=2))
     return report

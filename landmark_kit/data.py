@@ -1,6 +1,7 @@
 """GLDv2 data layer: ids, paths, label CSVs, robust image loading and a torch Dataset over ids.
 
-Everything here follows the Kaggle layout exactly: ``<root>/<split>/a/b/c/<id>.jpg`` with 16-hex-char ids.
+Everything here follows the Kaggle layout exactly: ``<root>/<split>/a/b/c/<id>.jpg`` with 16-hex-char ids
+(other layouts, e.g. a benchmark's named files with crop boxes, come in as an :class:`ImageSource`).
 Bad input never crashes a long run silently: CSV problems raise :class:`DataError` naming the file and row,
 unreadable images raise :class:`ImageLoadError` (or are skipped and reported by the Dataset).
 """
@@ -12,24 +13,20 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .artifacts import atomic_path
+from .artifacts import DamagedArtifact, DataError, atomic_path  # noqa: F401  (both importable from here)
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test", "index")
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MIN_IMAGE_SIDE = 8
-
-
-class DataError(ValueError):
-    """Malformed input data (CSV, id, layout); the message names the file and row."""
 
 
 class ImageLoadError(OSError):
@@ -86,6 +83,23 @@ def scan_split(root: str | os.PathLike, split: str) -> list[str]:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise DataError(f"{len(problems)} unexpected file(s) under {base}:\n  {shown}{more}")
     return sorted(ids)
+
+
+def require_inputs(data_root: str | os.PathLike, splits: tuple[str, ...],
+                   train_csv: str | os.PathLike | None = None) -> None:
+    """Raise DataError, one line naming every missing input: the data root, else the train CSV (``train_csv`` or
+    ``<root>/train.csv``, when ``splits`` holds train) and split folders. Call it before writing anything."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DataError(f"data root {root}: {'not a folder' if root.exists() else 'not found'}")
+    missing = []
+    if "train" in splits:
+        labels = Path(train_csv) if train_csv else root / "train.csv"
+        if not labels.is_file():
+            missing.append(f"train CSV {labels}" + (" (--train-csv)" if train_csv else ""))
+    missing += [f"split folder {root / split}/" for split in splits if not (root / split).is_dir()]
+    if missing:
+        raise DataError(f"missing input(s): {', '.join(missing)}")
 
 
 SAMPLE_SUBMISSIONS = ("sample_submission.csv", "recognition_sample_submission.csv", "retrieval_sample_submission.csv")
@@ -256,12 +270,32 @@ class Failure:
     reason: str
 
 
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in upright pixels
+
+
+def crop_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` rounded to whole pixels and clipped to an image of ``size`` (width, height)."""
+    width, height = size
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    return max(0, min(x1, width)), max(0, min(y1, height)), max(0, min(x2, width)), max(0, min(y2, height))
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Images named by explicit files instead of the Kaggle layout (any names, e.g. a benchmark's): ``paths``
+    maps each name to its file, ``boxes`` optionally to a crop box applied after EXIF rotation, before resizing."""
+
+    paths: Mapping[str, str | os.PathLike]
+    boxes: Mapping[str, Box] = field(default_factory=dict)
+
+
 class ImageDataset:
     """A torch-style map Dataset over image ids of one split.
 
     Items are ``(tensor_or_array, position)``; an unreadable image yields ``(None, position, reason)``
     instead of raising, and :func:`collate_skip_bad` drops it and reports it, so a 4M-image pass never
-    dies on one bad file. ``transform`` maps a PIL RGB image to whatever the model needs.
+    dies on one bad file. ``transform`` maps a PIL RGB image to whatever the model needs. With ``source``
+    the ids are any names of its files (cropped to their boxes) instead of Kaggle ids under ``root``.
     """
 
     def __init__(
@@ -271,25 +305,52 @@ class ImageDataset:
         ids: Sequence[str],
         transform: Callable[[Image.Image], object] | None = None,
         max_side: int | None = None,
+        source: ImageSource | None = None,
     ) -> None:
-        for i, image_id in enumerate(ids):
-            check_id(image_id, f"{split} ids, position {i}: ")
+        if source is None:
+            for i, image_id in enumerate(ids):
+                check_id(image_id, f"{split} ids, position {i}: ")
+        else:
+            unknown = [i for i in ids if i not in source.paths]
+            if unknown:
+                raise DataError(f"{split}: {len(unknown)} image name(s) without a file in the source, "
+                                f"e.g. {unknown[0]}")
         self.root = Path(root)
         self.split = split
         self.ids = list(ids)
         self.transform = transform
         self.max_side = max_side
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def path(self, position: int) -> Path:
+        if self.source is not None:
+            return Path(self.source.paths[self.ids[position]])
         return image_path(self.root, self.split, self.ids[position])
 
+    def box(self, position: int) -> Box | None:
+        """The crop box of an image (None: the whole image)."""
+        return None if self.source is None else self.source.boxes.get(self.ids[position])
+
+    def size(self, position: int) -> tuple[int, int] | None:
+        """(width, height) of the item before any resize, from the file header (cropped); None when unreadable."""
+        size, box = upright_size(self.path(position)), self.box(position)
+        if size is None or box is None:
+            return size
+        x1, y1, x2, y2 = crop_box(box, size)
+        return x2 - x1, y2 - y1
+
     def __getitem__(self, position: int):
-        image_id = self.ids[position]
-        try:
-            img = load_image(self.path(position), image_id, self.max_side)
+        image_id, box = self.ids[position], self.box(position)
+        try:  # a cropped image is decoded whole: draft mode would shrink the box's pixels
+            img = load_image(self.path(position), image_id, self.max_side if box is None else None)
+            if box is not None:
+                img = img.crop(crop_box(box, img.size))
+                if min(img.size) < MIN_IMAGE_SIDE:
+                    raise ImageLoadError(image_id, self.path(position), f"crop box {tuple(box)} leaves "
+                                         f"{img.size[0]}x{img.size[1]} px")
         except ImageLoadError as exc:
             return None, position, Failure(image_id, exc.reason)
         return (self.transform(img) if self.transform else img), position, None

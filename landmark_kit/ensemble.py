@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import atomic_path, write_text
-from .data import atomic_write_csv, split_ids
+from .artifacts import DamagedArtifact, atomic_path, discard, load_npy, npy_shape, write_text
+from .data import ImageSource, atomic_write_csv, split_ids
 from .extract import DECODE_MODES, describe_split_members
 from .models import Describer, GlobalDescriptor, create_backbone
-from .recipes import RecipeError, load_recipe, save_recipe, to_dict
+from .recipes import RecipeError, config_digest, load_recipe, save_recipe, to_dict
 from .search import knn
 from .train import load_trained, resolve_device
 
@@ -114,12 +114,15 @@ def input_group(member: MemberConfig) -> tuple[int, bool]:
 
 
 def load_features(folder: str | os.PathLike, split: str, mmap: bool = True) -> tuple[np.ndarray, list[str]]:
-    """Descriptors and ids of one split from a features folder (memory-mapped by default)."""
+    """Descriptors and ids of one split from a features folder (memory-mapped by default); a truncated file, or
+    ids that do not match the rows, raise :class:`DamagedArtifact` naming the file."""
     folder = Path(folder)
-    feats = np.load(folder / f"{split}.npy", mmap_mode="r" if mmap else None)
-    ids = (folder / f"{split}.ids").read_text().split()
-    if len(ids) != len(feats):
-        raise RuntimeError(f"{folder}/{split}: {len(feats)} descriptors but {len(ids)} ids")
+    feats = load_npy(folder / f"{split}.npy", mmap)
+    text = (folder / f"{split}.ids").read_text()
+    ids = text.split()
+    if not text.endswith("\n") or len(ids) != len(feats):
+        raise DamagedArtifact(folder / f"{split}.ids", "its last line is cut off" if not text.endswith("\n") else
+                              f"{len(ids)} ids for the {len(feats)} rows of {split}.npy")
     return feats, ids
 
 
@@ -183,10 +186,16 @@ def member_identity(member: MemberConfig) -> dict:
 
 
 def _is_done(folder: Path, split: str, ids: list[str]) -> bool:
-    """A split is finished when its descriptors exist for exactly these ids (stale members were cleared)."""
-    if not (folder / f"{split}.npy").is_file() or not (folder / f"{split}.ids").is_file():
+    """A split is finished when its descriptors exist whole for exactly these ids (stale members were cleared);
+    damaged files are removed (logged), so the split is extracted again."""
+    npy, id_file = folder / f"{split}.npy", folder / f"{split}.ids"
+    if not npy.is_file() or not id_file.is_file():
         return False
-    return (folder / f"{split}.ids").read_text().split() == ids
+    try:
+        return load_features(folder, split)[1] == ids
+    except DamagedArtifact as damage:
+        discard(damage, npy, id_file)
+        return False
 
 
 def _member_folder(member: MemberConfig, workdir) -> Path:
@@ -238,21 +247,22 @@ def reuse_features(members: list[MemberConfig], workdir, sources, splits=SPLITS)
 
 def extract_members(
     members: list[MemberConfig], cfg: EnsembleConfig, data_root, workdir, splits=SPLITS, train_csv=None,
-    ids_by_split: dict[str, list[str]] | None = None,
+    ids_by_split: dict[str, list[str]] | None = None, source: ImageSource | None = None,
 ) -> list[Path]:
     """Extract the members' descriptors for ``splits`` into ``features/<name>/`` (skipping finished splits).
 
     Members that share an input side (``image_size`` x largest scale) and ``aspect`` are extracted in one pass
     over the images, each image decoded once for all of them (same descriptors as one at a time).
     ``ids_by_split``: the splits' ids when the caller has them already (a folder scan of millions of files
-    is not free); read from the data root otherwise."""
+    is not free); read from the data root otherwise. ``source``: the ids name files (and crop boxes) of an
+    :class:`~landmark_kit.data.ImageSource` instead of the Kaggle layout (any split names then)."""
     folders = [_member_folder(m, workdir) for m in members]
     device, models = resolve_device(cfg.device), {}
     for split in splits:
         ids = ids_by_split[split] if ids_by_split else split_ids(data_root, split, train_csv)
         if not ids:  # an absent split: zero rows of each member's width, taken from a split it has
             for folder in folders:
-                widths = [np.load(f, mmap_mode="r").shape[1] for f in sorted(folder.glob("*.npy")) if f.stem != split]
+                widths = [npy_shape(f)[1] for f in sorted(folder.glob("*.npy")) if f.stem != split]
                 if not widths:
                     raise RuntimeError(f"{folder}: the {split} split is empty and no other split is extracted")
                 save_features(folder, split, np.zeros((0, widths[0])), [], cfg.store_dtype)
@@ -283,7 +293,7 @@ def extract_members(
                     continue  # finished before a kill
                 feats, failures = describe_split_members(
                     [(models[m.name], m.image_size, tuple(m.scales), m.flip) for m, _ in group], data_root, split,
-                    chunk, cfg.batch_size, cfg.workers, str(device), cfg.amp, aspect, cfg.decode)
+                    chunk, cfg.batch_size, cfg.workers, str(device), cfg.amp, aspect, cfg.decode, source)
                 failed = pd.DataFrame([(f.image_id, f.reason) for f in failures], columns=["id", "reason"])
                 for (m, folder), member_feats in zip(group, feats):
                     atomic_write_csv(failed, folder / f"{piece}.failed.csv")
@@ -314,10 +324,12 @@ def merge_parts(folder: Path, split: str, ids: list[str], world_size: int) -> bo
 
 
 def joined_features(members: list[MemberConfig], workdir, split: str, whiten_split: str = "index",
-                    whitenings: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, list[str]]:
+                    whitenings: dict[str, dict[str, np.ndarray]] | None = None,
+                    rows: slice | None = None) -> tuple[np.ndarray, list[str]]:
     """Weighted concatenation of the members' descriptors of one split, L2-normalised; members with
     ``whiten`` are PCA-whitened first, as learned on their ``whiten_split`` descriptors. ``whitenings``: a
-    dict the caller keeps across calls (same ``whiten_split``), so each member's whitening is fitted once."""
+    dict the caller keeps across calls (same ``whiten_split``), so each member's whitening is fitted once.
+    ``rows``: only these rows (a split too large for memory joined block by block); the ids stay the split's."""
     whitenings = {} if whitenings is None else whitenings
     parts, ids = [], None
     for m in members:
@@ -326,7 +338,7 @@ def joined_features(members: list[MemberConfig], workdir, split: str, whiten_spl
         if ids is not None and member_ids != ids:
             raise RuntimeError(f"member {m.name} has different {split} ids from the others")
         ids = member_ids
-        feats = np.asarray(feats, dtype=np.float32)
+        feats = np.asarray(feats if rows is None else feats[rows], dtype=np.float32)
         if m.whiten:
             if m.name not in whitenings:
                 whitenings[m.name] = fit_whitening(np.asarray(load_features(folder, whiten_split)[0], np.float32))
@@ -395,6 +407,37 @@ def search_neighbours(workdir, k_train: int, k_index: int, index: str = "Flat", 
     return paths
 
 
+RUNTIME = ("batch_size", "workers", "device", "amp", "decode", "rank", "world_size", "shard_size")  # no effect on results
+
+
+def neighbours_key(cfg: EnsembleConfig) -> str:
+    """Digest of everything the saved neighbours depend on: members (checkpoint digests included), their
+    weights and whitening, concatenation and search settings; runtime settings aside."""
+    members = [{**member_identity(m), "weight": m.weight, "whiten": m.whiten} for m in cfg.members]
+    return config_digest({"members": members,
+                          **{k: v for k, v in to_dict(cfg).items() if k != "members" and k not in RUNTIME}})
+
+
+def note_run_folder(cfg: EnsembleConfig, workdir) -> None:
+    """Say so when ``workdir`` was last searched for other members: descriptors stay per member (a member of
+    another config or checkpoint is extracted again), the concatenation and neighbours are redone for ``cfg``."""
+    saved_path = Path(workdir) / "ensemble.yaml"
+    if not saved_path.is_file():
+        return
+    before, now = ([m.name for m in c.members] for c in (load_recipe(EnsembleConfig, saved_path), cfg))
+    if before != now:
+        log.warning("%s was searched for members %s (%s); concatenating and searching again for members %s",
+                    workdir, ", ".join(before), saved_path, ", ".join(now))
+
+
+def neighbours_ready(cfg: EnsembleConfig, workdir) -> bool:
+    """True when ``workdir`` holds both neighbour files, searched for exactly this ensemble."""
+    folder = Path(workdir) / "neighbours"
+    if not all((folder / f"test_{s}.npz").is_file() for s in ("train", "index")) or not (folder / "key.json").is_file():
+        return False
+    return json.loads((folder / "key.json").read_text()).get("key") == neighbours_key(cfg)
+
+
 def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None, reuse_from=()) -> dict[str, Path]:
     """The whole stage: extract every member, concatenate, search; returns the neighbour files.
     ``reuse_from``: other run directories whose descriptors of identical members are taken instead of
@@ -404,8 +447,10 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None, reuse_
     returns ``{}``, and the last one to finish merges, concatenates and searches.
     """
     workdir = Path(workdir)
+    note_run_folder(cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_recipe(cfg, workdir / "ensemble.yaml")
+    (workdir / "neighbours" / "key.json").unlink(missing_ok=True)  # the neighbours are this ensemble's once searched
     for name, files in reuse_features(cfg.members, workdir, reuse_from).items():
         log.info("member %s: descriptors taken from %s", name, ", ".join(files))
     ids = {split: split_ids(data_root, split, train_csv) for split in SPLITS}  # once for every member
@@ -415,4 +460,6 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None, reuse_
         return {}
     concatenate(cfg.members, workdir, dtype=cfg.store_dtype, whiten_split=cfg.whiten_split if cfg.whiten else None,
                 whiten_dim=cfg.whiten_dim, member_whiten_split=cfg.whiten_split)
-    return search_neighbours(workdir, cfg.k_train, cfg.k_index, cfg.index, cfg.nprobe)
+    paths = search_neighbours(workdir, cfg.k_train, cfg.k_index, cfg.index, cfg.nprobe)
+    write_text(workdir / "neighbours" / "key.json", json.dumps({"key": neighbours_key(cfg)}))
+    return paths

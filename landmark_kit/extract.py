@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import Failure, ImageDataset, collate_skip_bad
+from .data import Failure, ImageDataset, ImageSource, collate_skip_bad
 
 log = logging.getLogger(__name__)
 DECODE_MODES = ("auto", "cpu", "device")  # where JPEGs are decoded: see describe_split
@@ -139,6 +139,8 @@ class EncodedDataset:
 
     def __getitem__(self, position: int):
         base = self.fallback.base if isinstance(self.fallback, ShapedDataset) else self.fallback
+        if base.box(position) is not None:  # a cropped image: the worker crops it, then resizes
+            return self.fallback[position]
         try:
             data = base.path(position).read_bytes()
         except OSError:
@@ -297,12 +299,12 @@ def describe_split_members(
     amp: bool = True,
     aspect: bool = False,
     decode: str = "auto",
+    source: ImageSource | None = None,
 ) -> tuple[list[np.ndarray], list[Failure]]:
     """:func:`describe_split` for several members ``(model, size, scales, flip)`` sharing one input side
     (``round(size x max(scales))``) and one ``aspect`` setting: each image is read and decoded once for all of
-    them, and each member's descriptors are exactly what it gets alone."""
-    from .data import image_path, upright_size
-
+    them, and each member's descriptors are exactly what it gets alone. ``source``: the ids name files (with
+    crop boxes) of an :class:`ImageSource` instead of the Kaggle layout under ``root``."""
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, found {decode!r}")
     ttas = [member_tta(model, size, scales, flip, device) for model, size, scales, flip in members]
@@ -312,14 +314,16 @@ def describe_split_members(
     side, batches = sides.pop(), None
     on_device = decode == "device" or (decode == "auto" and torch.device(device).type == "cuda" and workers < 8)
     if aspect:  # bicubic like ShapedDataset's PIL resize; the square path's torchvision Resize is bilinear
-        sizes = [upright_size(image_path(root, split, i)) or (1, 1) for i in ids]  # unreadable: fails at decode
+        headers = ImageDataset(root, split, ids, source=source)
+        sizes = [headers.size(n) or (1, 1) for n in range(len(ids))]  # cropped; unreadable: fails at decode
         buckets = [aspect_bucket(w, h) for w, h in sizes]
         shapes = [bucket_shape(b, side) for b in buckets]
         batches = bucket_batches(buckets, batch_size)
-        dataset = ShapedDataset(ImageDataset(root, split, ids, max_side=max(max(s) for s in shapes)), shapes)
+        dataset = ShapedDataset(ImageDataset(root, split, ids, max_side=max(max(s) for s in shapes), source=source),
+                                shapes)
     else:
         shapes = [(side, side)] * len(ids)
-        dataset = ImageDataset(root, split, ids, square_transform(side), max_side=side)
+        dataset = ImageDataset(root, split, ids, square_transform(side), max_side=side, source=source)
     decoder = GpuDecoder(list(ids), shapes, device, "bicubic" if aspect else "bilinear") if on_device else None
     stacked = Stacked(ttas)
     feats, failures = extract_descriptors(EncodedDataset(dataset) if on_device else dataset, stacked, batch_size,

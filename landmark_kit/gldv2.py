@@ -12,16 +12,8 @@ complete only when ``images_NNN.json`` is written after the last image (atomic r
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
-import os
 import re
-import tarfile
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +21,8 @@ from tqdm import tqdm
 
 from .artifacts import write_text
 from .data import DataError, atomic_write_csv, image_path, read_csv_str, read_train_csv, scan_split
+from .download import (DownloadConfig, DownloadError, bytes_to_fetch, extract, fetch, file_md5, parse_range,
+                       Tally, run_archives)
 
 BASE_URL = "https://s3.amazonaws.com/google-landmark"
 SHARDS = {"train": 500, "index": 100, "test": 20}
@@ -38,39 +32,24 @@ METADATA = {
     "test": ("metadata/test.csv", "ground_truth/recognition_solution_v2.1.csv",
              "ground_truth/retrieval_solution_v2.1.csv"),
 }
-MEMBER = re.compile(r"^(?:\./)?([0-9a-f])/([0-9a-f])/([0-9a-f])/(([0-9a-f]){16})\.jpg$")
-CHUNK = 1 << 20
-
-
-class ShardError(RuntimeError):
-    """A shard that could not be made complete (download, md5, archive); its name is in the message."""
+MEMBER = re.compile(r"^([0-9a-f])/([0-9a-f])/([0-9a-f])/(([0-9a-f]){16})\.jpg$")
+ShardError = DownloadError  # a shard that could not be made complete; its name is in the message
 
 
 @dataclass
-class Gldv2Config:
+class Gldv2Config(DownloadConfig):
     """Where the shards come from and how many are fetched at once."""
 
     base_url: str = BASE_URL
-    workers: int = 4  # shards downloaded + verified + extracted concurrently
-    retries: int = 3  # attempts per file (each resumes the .part left by the previous one)
-    timeout: float = 120.0  # seconds without data before an attempt fails
-    backoff: float = 1.0  # seconds before the second attempt, doubled for each later one
     keep_tars: bool = False  # keep images_NNN.tar after extraction (default: delete, the images are the data)
 
 
-@dataclass
-class Summary:
+@dataclass(kw_only=True)
+class Summary(Tally):
     """What a run did, printed as JSON by stage 00."""
 
     split: str
     shards: int = 0
-    completed: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # already complete before this run
-    failed: dict[str, str] = field(default_factory=dict)
-    downloaded_mb: float = 0.0
-    seconds: float = 0.0
-    mb_per_s: float = 0.0
-    images: int = 0  # extracted this run
     bad_members: int = 0  # tar members that were not a/b/c/<id>.jpg (listed in the shard's json)
     csvs: dict[str, int] = field(default_factory=dict)
 
@@ -79,65 +58,7 @@ def parse_shards(spec: str | None, split: str) -> list[int]:
     """``"0-9"``, ``"3,5,7-8"`` or None (every shard of the split) as sorted shard numbers, checked."""
     if split not in SHARDS:
         raise DataError(f"unknown GLDv2 split {split!r}: expected one of {sorted(SHARDS)}")
-    total = SHARDS[split]
-    if spec is None:
-        return list(range(total))
-    shards: set[int] = set()
-    for part in spec.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not match:
-            raise DataError(f"--shards {spec!r}: {part!r} is not N or N-M")
-        lo, hi = int(match[1]), int(match[2] if match[2] is not None else match[1])
-        if lo > hi or hi >= total:
-            raise DataError(f"--shards {spec!r}: {part!r} is outside 0-{total - 1} for {split}")
-        shards.update(range(lo, hi + 1))
-    return sorted(shards)
-
-
-def _open(url: str, timeout: float, start: int = 0):
-    headers = {"Range": f"bytes={start}-"} if start else {}
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-
-
-def fetch(url: str, dest: Path, cfg: Gldv2Config, bar: tqdm | None = None) -> tuple[int, str]:
-    """Download ``url`` to ``dest`` through ``dest.part`` (resumed when the server honours Range); renamed to
-    ``dest`` only when the body has the announced length. Returns the bytes received this call and the md5
-    of the whole file, hashed as it arrives (a resumed ``.part`` is hashed first)."""
-    part = dest.with_name(dest.name + ".part")
-    received = 0
-    last: Exception | None = None
-    for attempt in range(cfg.retries):
-        if attempt:
-            time.sleep(cfg.backoff * 2 ** (attempt - 1))
-        start = part.stat().st_size if part.exists() else 0
-        try:
-            with _open(url, cfg.timeout, start) as response:
-                resumed = response.status == 206
-                digest = file_md5(part, hexdigest=False) if resumed else hashlib.md5()
-                length = response.headers.get("Content-Length")
-                expected = (start if resumed else 0) + int(length) if length is not None else None
-                with open(part, "ab" if resumed else "wb") as fh:
-                    while chunk := response.read1(CHUNK):  # what has arrived, on disk at once (kill-safe)
-                        fh.write(chunk)
-                        fh.flush()
-                        digest.update(chunk)
-                        received += len(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-            size = part.stat().st_size
-            if expected is not None and size != expected:
-                raise ShardError(f"{url}: received {size} of {expected} bytes")
-            os.replace(part, dest)
-            return received, digest.hexdigest()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and part.exists():  # asked past the end: the .part is stale, start over
-                part.unlink()
-            last = exc
-            if exc.code == 404:
-                break
-        except (OSError, http.client.HTTPException, ShardError, ValueError) as exc:  # dropped connections, timeouts
-            last = exc
-    raise ShardError(f"{url}: download failed ({last})")
+    return parse_range(spec, 0, SHARDS[split] - 1, "--shards")
 
 
 def read_md5(path: Path) -> str:
@@ -148,40 +69,14 @@ def read_md5(path: Path) -> str:
     return tokens[0].lower()
 
 
-def file_md5(path: Path, hexdigest: bool = True):
-    """md5 of a file read in 1 MiB chunks: the hex digest, or the hash object to continue (a resumed part)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest() if hexdigest else digest
-
-
-def extract(tar_path: Path, out: Path, split: str, scratch: Path) -> dict:
-    """Every ``a/b/c/<id>.jpg`` member of the shard into ``out/<split>/``, each through a scratch file and a
-    rename; other members are listed, never written. Returns ``{images, bad_members}``."""
-    images, bad = 0, []
-    scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(tar_path) as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                match = MEMBER.match(member.name)
-                if not member.isfile() or not match or match[4][:3] != match[1] + match[2] + match[3]:
-                    bad.append(member.name)
-                    continue
-                target = image_path(out, split, match[4])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = scratch / f"{match[4]}.jpg.part"
-                with tar.extractfile(member) as src, open(tmp, "wb") as dst:
-                    while chunk := src.read(CHUNK):
-                        dst.write(chunk)
-                os.replace(tmp, target)
-                images += 1
-    except (tarfile.TarError, EOFError) as exc:
-        raise ShardError(f"{tar_path.name}: unreadable archive ({exc})") from None
-    return {"images": images, "bad_members": bad}
+def image_target(out: Path, split: str):
+    """Where a shard member goes: ``out/<split>/a/b/c/<id>.jpg`` for a well-formed ``a/b/c/<id>.jpg``, else None."""
+    def target(name: str) -> Path | None:
+        match = MEMBER.match(name)
+        if not match or match[4][:3] != match[1] + match[2] + match[3]:
+            return None
+        return image_path(out, split, match[4])
+    return target
 
 
 def shard_name(shard: int) -> str:
@@ -212,7 +107,8 @@ def process_shard(shard: int, split: str, out: Path, cfg: Gldv2Config, bar: tqdm
         tar_path.unlink()  # a rerun downloads it again
         raise ShardError(f"{split}/{name}.tar: md5 {actual} does not match {expected} (md5sum/{split}/md5.{name}.txt)"
                          f"; refused, nothing of it extracted")
-    record = {"shard": name, "md5": expected, **extract(tar_path, out, split, work / "scratch" / name)}
+    extracted = extract(tar_path, image_target(out, split), work / "scratch" / name)
+    record = {"shard": name, "md5": expected, "images": extracted["files"], "bad_members": extracted["refused"]}
     write_text(record_path, json.dumps(record, indent=1))
     if not cfg.keep_tars:
         tar_path.unlink()
@@ -269,31 +165,12 @@ def download(split: str, out, shards: list[int] | None = None, cfg: Gldv2Config 
     out = Path(out)
     shards = parse_shards(None, split) if shards is None else shards
     summary = Summary(split=split, shards=len(shards))
-    start = time.perf_counter()
-    with tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
-              desc=f"gldv2 {split}", smoothing=0.05) as bar, ThreadPoolExecutor(cfg.workers) as pool:
-        sizes = list(pool.map(lambda s: _head_size(f"{cfg.base_url}/{split}/{shard_name(s)}.tar", out, split, s,
-                                                   cfg), shards))
-        bar.total = sum(sizes) or None
-        futures = {shard_name(s): pool.submit(process_shard, s, split, out, cfg, bar) for s in shards}
-        downloaded = 0
-        for name, future in futures.items():
-            try:
-                record = future.result()
-            except (ShardError, DataError, OSError) as exc:
-                summary.failed[name] = str(exc)
-                continue
-            downloaded += record["downloaded"]
-            if record["skipped"]:
-                summary.skipped.append(name)
-            else:
-                summary.completed.append(name)
-                summary.images += record["images"]
-                summary.bad_members += len(record["bad_members"])
-            bar.set_postfix(done=len(summary.completed) + len(summary.skipped), failed=len(summary.failed))
-    summary.seconds = round(time.perf_counter() - start, 2)
-    summary.downloaded_mb = round(downloaded / 1e6, 2)
-    summary.mb_per_s = round(summary.downloaded_mb / summary.seconds, 2) if summary.seconds else 0.0
+    names = {shard_name(s): s for s in shards}
+    batch = run_archives(list(names), lambda name, bar: process_shard(names[name], split, out, cfg, bar),
+                         lambda name: _head_size(f"{cfg.base_url}/{split}/{name}.tar", out, split, names[name], cfg),
+                         cfg.workers, f"gldv2 {split}", progress)
+    summary.add(batch, "images")
+    summary.bad_members += sum(len(r["bad_members"]) for r in batch.records.values() if not r["skipped"])
     try:
         fetch_metadata(split, out, cfg)
         summary.csvs = write_csvs(split, out)
@@ -304,15 +181,9 @@ def download(split: str, out, shards: list[int] | None = None, cfg: Gldv2Config 
 
 
 def _head_size(url: str, out: Path, split: str, shard: int, cfg: Gldv2Config) -> int:
-    """Bytes still to fetch for a shard (HEAD request; 0 when complete already or unknown), for the ETA."""
+    """Bytes still to fetch for a shard (0 when complete already or unknown), for the ETA."""
     work = out / ".gldv2" / split
     name = shard_name(shard)
     if (work / f"{name}.json").exists() or (work / f"{name}.tar").exists():
         return 0
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=cfg.timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0)
-    except (OSError, ValueError):
-        return 0
-    part = work / f"{name}.tar.part"
-    return max(total - (part.stat().st_size if part.exists() else 0), 0)
+    return bytes_to_fetch(url, work / f"{name}.tar", cfg.timeout)

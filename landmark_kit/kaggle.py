@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -192,10 +194,14 @@ def push(out, dry_run: bool = False) -> None:
     if not _credentials():
         raise RuntimeError(NO_CREDENTIALS)
     cli = kaggle_cli()
-    exists = subprocess.run([cli, *status[1:]], capture_output=True).returncode == 0
-    for cmd in ((version if exists else create), kernel):
-        print(shlex.join(cmd))
-        subprocess.run([cli, *cmd[1:]], check=True)
+    missing = run_cli(cli, status, show=False)  # a failure here means "create", unless Kaggle was not reached
+    if missing is not None and UNREACHED.search(missing):
+        raise RuntimeError(f"{shlex.join(status)} failed: {missing}")
+    for cmd in ((create if missing else version), kernel):
+        print(shlex.join(cmd), flush=True)
+        failed = run_cli(cli, cmd)
+        if failed is not None:
+            raise RuntimeError(f"{shlex.join(cmd)} failed: {failed}")
 
 
 def kaggle_cli() -> str:
@@ -204,6 +210,44 @@ def kaggle_cli() -> str:
     if found is None:
         raise RuntimeError("the kaggle CLI is not on PATH (pip install kaggle, pinned in requirements.txt)")
     return found
+
+
+# How the CLI says it failed: exit status 1 with a line on stderr, or exit status 0 with "Kernel push error: ..." /
+# "Dataset creation error: ..." on stdout (an error the server put in its answer).
+SAID_ERROR = re.compile(r"^[A-Z][\w ]* error: ")
+# A failed `datasets status` that means the CLI never got an answer (network, credentials, a broken install).
+UNREACHED = re.compile(r"Max retries exceeded|Connection refused|ConnectionError|ProxyError|Failed to resolve|"
+                       r"Name or service not known|timed out|Authentication required|\b401\b|Unauthorized|"
+                       r"Traceback|No module named")
+
+
+def run_cli(cli: str, cmd: list[str], show: bool = True) -> str | None:
+    """Run ``cmd`` (``kaggle ...``) with the executable ``cli``, its stdout passed on as it comes (``show``) and
+    its stderr held back; None when it worked (stderr then passed on), else one line saying why it failed."""
+    with subprocess.Popen([cli, *cmd[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          errors="replace") as proc:
+        held: list[str] = []
+        drain = threading.Thread(target=lambda: held.append(proc.stderr.read()), daemon=True)
+        drain.start()
+        out: list[str] = []
+        for line in proc.stdout:
+            out.append(line.strip())
+            if show:
+                print(line, end="", flush=True)
+        drain.join()
+        code = proc.wait()
+    err = [line.strip() for line in "".join(held).splitlines() if line.strip()]
+    said = [line for line in out if SAID_ERROR.match(line)]
+    if code == 0 and not said:
+        sys.stderr.write("".join(held))
+        return None
+    errors = [line for line in err if re.search(r"error|exception", line, re.I)]
+    printed = [line for line in out if line]  # e.g. the CLI's "Authentication required ..." help
+    if said or err:
+        why = (said or errors or err)[-1]
+    else:
+        why = printed[0] if printed else f"exit status {code}"
+    return why if len(why) <= 500 else why[:497] + "..."
 
 
 def _credentials() -> bool:
@@ -229,10 +273,11 @@ def download_competition(competition: str, out) -> dict:
     staging = out / ".download"
     staging.mkdir(parents=True, exist_ok=True)
     cmd = ["kaggle", "competitions", "download", "-c", competition, "-p", str(staging)]
-    print(shlex.join(cmd))
-    done = subprocess.run([cli, *cmd[1:]])
-    if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed ({done.returncode}); accepted the competition's rules?")
+    print(shlex.join(cmd), flush=True)
+    failed = run_cli(cli, cmd)
+    if failed is not None:
+        hint = " (accepted the competition's rules?)" if re.search(r"\b403\b|Forbidden", failed) else ""
+        raise RuntimeError(f"{shlex.join(cmd)} failed: {failed}{hint}")
     archives = sorted(staging.glob("*.zip"))
     if not archives:
         raise RuntimeError(f"{staging}: the download left no .zip")

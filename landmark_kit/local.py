@@ -27,9 +27,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .artifacts import write_text
+from .artifacts import DamagedArtifact, discard, load_npy, load_npz, write_text
 from .recipes import config_digest
-from .data import ImageDataset
+from .data import ImageDataset, ImageSource
 
 log = logging.getLogger(__name__)
 BACKENDS = ("rootsift", "kornia-sift", "delg")
@@ -168,9 +168,11 @@ class FeatureStore:
         return set(self._locate()[1].tolist())
 
     def _locate(self) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray, np.ndarray]:
-        """(shards, ids sorted, shard number and row of each): rebuilt when shards were added."""
+        """(shards, ids sorted, shard number and row of each): rebuilt when shards were added; damaged ones are
+        removed."""
         shards = tuple(self.shards())
         if self._index is None or self._index[0] != shards:
+            shards = tuple(s for s in shards if _readable(s))
             ids = [np.asarray(_shard(s)["ids"]).astype(str) for s in shards]
             flat = np.concatenate(ids) if ids else np.zeros(0, str)
             shard_of = np.repeat(np.arange(len(ids)), [len(i) for i in ids])
@@ -213,7 +215,8 @@ class FeatureStore:
         import shutil
         import tempfile
 
-        path = self.folder / f"shard_{len(self.shards()):05d}"
+        done = self.shards()  # numbered after the last: a damaged shard removed leaves a gap, never a clash
+        path = self.folder / f"shard_{int(done[-1].stem.removeprefix('shard_')) + 1 if done else 0:05d}"
         counts = np.array([len(f.keypoints) for f in feats], np.int64)
         arrays = {
             "ids": np.array(ids, dtype=str),
@@ -262,6 +265,17 @@ class FeatureStore:
         return self.get(self._locate()[1].tolist())
 
 
+def _readable(path: Path) -> bool:
+    """True when the shard at ``path`` is whole; a damaged one is removed (logged), so its images are extracted
+    again."""
+    try:
+        _shard(path)
+    except DamagedArtifact as damage:
+        discard(damage, path)
+        return False
+    return True
+
+
 def _shard(path: Path) -> dict[str, np.ndarray]:
     """The arrays of the shard at ``path``, cached by path, inode and ctime: a store deleted and written again in the
     same process is never served from the old maps."""
@@ -271,20 +285,31 @@ def _shard(path: Path) -> dict[str, np.ndarray]:
 
 @lru_cache(maxsize=64)
 def _shard_arrays(path: str, identity: tuple[int, int]) -> dict[str, np.ndarray]:
-    """A shard's arrays: memory maps of a shard folder, or the arrays of a former ``.npz`` shard."""
+    """A shard's arrays: memory maps of a shard folder, or the arrays of a former ``.npz`` shard; each file's
+    size and the arrays' lengths are checked (:class:`DamagedArtifact` otherwise)."""
     if path.endswith(".npz"):
-        with np.load(path) as z:
-            return {k: z[k] for k in SHARD_ARRAYS}
-    return {k: np.load(Path(path) / f"{k}.npy", mmap_mode="r") for k in SHARD_ARRAYS}
+        arrays = load_npz(path)
+    else:
+        missing = [k for k in SHARD_ARRAYS if not (Path(path) / f"{k}.npy").is_file()]
+        if missing:
+            raise DamagedArtifact(path, f"no {', '.join(missing)} array")
+        arrays = {k: load_npy(Path(path) / f"{k}.npy") for k in SHARD_ARRAYS}
+    images, offsets = len(arrays["ids"]), arrays["offsets"]
+    if (len(offsets) != images + 1 or len(arrays["sizes"]) != images
+            or not len(arrays["keypoints"]) == len(arrays["descriptors"]) == int(offsets[-1])):
+        raise DamagedArtifact(path, "its arrays disagree on the number of images or keypoints")
+    return {k: arrays[k] for k in SHARD_ARRAYS}
 
 
 def extract_local(
-    cfg: LocalConfig, data_root, split: str, ids: Iterable[str], out_dir, progress: bool = True
+    cfg: LocalConfig, data_root, split: str, ids: Iterable[str], out_dir, progress: bool = True,
+    source: ImageSource | None = None,
 ) -> FeatureStore:
     """Extract (or finish extracting) local features of ``ids`` into ``out_dir/<backend>-<digest>/<split>/``.
 
     The folder is named by the digest of :meth:`LocalConfig.cache_key`: changing a setting that changes the
-    features starts a fresh cache.
+    features starts a fresh cache. ``source``: the ids name files (with crop boxes) of an
+    :class:`~landmark_kit.data.ImageSource` instead of the Kaggle layout under ``data_root``.
     """
     if cfg.backend not in BACKENDS:
         raise ValueError(f"unknown local-feature backend {cfg.backend!r}; choose one of {BACKENDS}")
@@ -298,10 +323,10 @@ def extract_local(
     if not todo:
         return store
     if cfg.backend == "kornia-sift":
-        return _extract_kornia(cfg, data_root, split, todo, store, progress)
+        return _extract_kornia(cfg, data_root, split, todo, store, progress, source)
     if cfg.backend == "delg":
-        return _extract_delg(cfg, data_root, split, todo, store, progress)
-    dataset = ImageDataset(data_root, split, todo, RootSiftTransform(cfg), max_side=cfg.max_side)
+        return _extract_delg(cfg, data_root, split, todo, store, progress, source)
+    dataset = ImageDataset(data_root, split, todo, RootSiftTransform(cfg), max_side=cfg.max_side, source=source)
     loader = DataLoader(dataset, batch_size=16, num_workers=cfg.workers, collate_fn=list)
     with tqdm(total=len(todo), desc=f"local features {split}", unit="img", disable=not progress) as bar, \
             store.writer(cfg.shard_size) as add:
@@ -330,7 +355,7 @@ class TensorTransform:
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
 
 
-def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress) -> FeatureStore:
+def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress, source=None) -> FeatureStore:
     """DELG keypoints/descriptors: DataLoader workers decode, the model runs one image (all scales) at a time."""
     from .delg import extract_delg
     from .models import input_normalisation
@@ -341,7 +366,7 @@ def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress) -> 
     if model.local is None:
         raise ValueError(f"{cfg.checkpoint} has no local head; train it with local_head: true")
     dataset = ImageDataset(data_root, split, todo, TensorTransform(cfg.max_side, *input_normalisation(model.backbone)),
-                           max_side=cfg.max_side)
+                           max_side=cfg.max_side, source=source)
     loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers, pin_memory=device == "cuda")
     dim = model.local.encoder.out_channels
     with store.writer(cfg.shard_size) as add:
@@ -356,22 +381,20 @@ def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress) -> 
     return store
 
 
-def _extract_kornia(cfg: LocalConfig, data_root, split, todo, store, progress) -> FeatureStore:
-    from .data import ImageLoadError, image_path, load_image
+def _extract_kornia(cfg: LocalConfig, data_root, split, todo, store, progress, source=None) -> FeatureStore:
     from .train import resolve_device
 
     device = str(resolve_device(cfg.device))
     for start in tqdm(range(0, len(todo), cfg.shard_size), desc=f"kornia sift {split}", disable=not progress):
         chunk = todo[start: start + cfg.shard_size]
-        greys, failed = [], {}
-        for image_id in chunk:
-            try:
-                greys.append(_grey(load_image(image_path(data_root, split, image_id), image_id, cfg.max_side),
-                                   cfg.max_side))
-            except ImageLoadError as exc:
-                log.warning("skipped %s image %s: %s", split, image_id, exc.reason)
-                greys.append(np.zeros((16, 16), np.uint8))
-                failed[image_id] = exc.reason
-        feats = kornia_sift_batch(greys, cfg.max_keypoints, device)
-        store.write_shard(chunk, [Features.empty() if i in failed else f for i, f in zip(chunk, feats)], failed)
+        greys, failed = {}, {}
+        dataset = ImageDataset(data_root, split, chunk, max_side=cfg.max_side, source=source)
+        for img, position, failure in map(dataset.__getitem__, range(len(dataset))):
+            if failure is None:
+                greys[chunk[position]] = _grey(img, cfg.max_side)
+            else:  # not sent to kornia: its pyramid fails on a placeholder image
+                log.warning("skipped %s image %s: %s", split, failure.image_id, failure.reason)
+                failed[failure.image_id] = failure.reason
+        feats = dict(zip(greys, kornia_sift_batch(list(greys.values()), cfg.max_keypoints, device)))
+        store.write_shard(chunk, [feats.get(i, Features.empty()) for i in chunk], failed)
     return store

@@ -7,12 +7,29 @@ by min(|gt|, 100), averaged over all solution queries), mean precision@k, mean/m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 Labels = Mapping[str, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class EncodedRetrieval:
+    """Parsed retrieval predictions: per row its query id and number of ids; every id (16 hex chars) as uint64."""
+
+    queries: list[str]
+    counts: np.ndarray
+    tokens: np.ndarray
+
+    def select(self, keep: np.ndarray) -> EncodedRetrieval:
+        """The rows where ``keep`` is True, with their ids."""
+        if keep.all():
+            return self
+        return EncodedRetrieval([q for q, k in zip(self.queries, keep) if k], self.counts[keep],
+                                self.tokens[np.repeat(keep, self.counts)])
 
 
 def _correct_flags(ids: np.ndarray, labels: np.ndarray, solution: Labels) -> tuple[np.ndarray, np.ndarray]:
@@ -83,13 +100,15 @@ def _hex_ids(joined: str, count: int) -> np.ndarray | None:
     return np.ascontiguousarray(packed).view(">u8").ravel().astype(np.uint64)
 
 
-def _encode(joined: str, count: int, vocabulary: pd.Index | None = None) -> tuple[np.ndarray, pd.Index]:
+def _encode(joined: str, count: int, vocabulary: pd.Index | None = None,
+            as_int: np.ndarray | None = None) -> tuple[np.ndarray, pd.Index]:
     """Codes of ``count`` space-separated ids in ``vocabulary`` (-1 if absent); builds it when None.
 
-    Kaggle ids (16 hex chars) are hashed as uint64 without creating Python strings; anything else goes
-    through pandas' string hashing.
+    Kaggle ids (16 hex chars) are hashed as uint64 without creating Python strings (``as_int``: already done);
+    anything else goes through pandas' string hashing.
     """
-    as_int = _hex_ids(joined, count) if count else np.zeros(0, np.uint64)
+    if as_int is None:
+        as_int = _hex_ids(joined, count) if count else np.zeros(0, np.uint64)
     if vocabulary is None:
         vocabulary = pd.Index(pd.unique(as_int) if as_int is not None else pd.unique(np.array(joined.split(" "), dtype=object)))
     if count == 0:
@@ -98,11 +117,15 @@ def _encode(joined: str, count: int, vocabulary: pd.Index | None = None) -> tupl
         return vocabulary.get_indexer(as_int).astype(np.int64), vocabulary
     if vocabulary.dtype == np.uint64:  # these tokens are not all hex ids: compare as text
         vocabulary = pd.Index(np.char.mod("%016x", vocabulary.to_numpy()).astype(object))
-    return vocabulary.get_indexer(np.array(joined.split(" "), dtype=object)).astype(np.int64), vocabulary
+    tokens = joined.split(" ") if joined else np.char.mod("%016x", as_int)
+    return vocabulary.get_indexer(np.array(tokens, dtype=object)).astype(np.int64), vocabulary
+
+
+Predictions = Mapping[str, str | Sequence[str]] | EncodedRetrieval
 
 
 def _retrieval_matrices(
-    predictions: Mapping[str, str | Sequence[str]], solution: Mapping[str, Sequence[str]], k: int
+    predictions: Predictions, solution: Mapping[str, Sequence[str]], k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(relevant and first occurrence, relevant, gt sizes), the matrices ``(Q, k)`` in solution order.
 
@@ -111,19 +134,26 @@ def _retrieval_matrices(
     """
     queries = list(solution.keys())
     qpos = {q: i for i, q in enumerate(queries)}
-    rows, texts = [], []
-    for q, pred in predictions.items():
-        if q not in qpos:
-            raise ValueError(f"prediction for {q}, which is not in the solution")
-        text = _strip_one_trailing_space(pred if isinstance(pred, str) else " ".join(pred))
-        if text:
-            rows.append(qpos[q])
-            texts.append(text)
+    unknown = next((q for q in (predictions.queries if isinstance(predictions, EncodedRetrieval) else predictions)
+                    if q not in qpos), None)
+    if unknown is not None:
+        raise ValueError(f"prediction for {unknown}, which is not in the solution")
+    if isinstance(predictions, EncodedRetrieval):
+        rows = [qpos[q] for q in predictions.queries]
+        counts, joined, as_int = predictions.counts, "", predictions.tokens
+    else:
+        rows, texts = [], []
+        for q, pred in predictions.items():
+            text = _strip_one_trailing_space(pred if isinstance(pred, str) else " ".join(pred))
+            if text:
+                rows.append(qpos[q])
+                texts.append(text)
+        counts = np.fromiter((t.count(" ") + 1 for t in texts), dtype=np.int64, count=len(texts))
+        joined, as_int = " ".join(texts), None
     num_q = len(queries)
     gt_sizes = np.fromiter((len(solution[q]) for q in queries), dtype=np.int64, count=num_q)
     gt_codes, vocabulary = _encode(" ".join(g for q in queries for g in solution[q]), int(gt_sizes.sum()))
-    counts = np.fromiter((t.count(" ") + 1 for t in texts), dtype=np.int64, count=len(texts))
-    pred_codes, _ = _encode(" ".join(texts), int(counts.sum()), vocabulary)
+    pred_codes, _ = _encode(joined, int(counts.sum()), vocabulary, as_int)
 
     pred_mat = np.full((num_q, k), -1, dtype=np.int64)
     if len(pred_codes):
@@ -148,11 +178,12 @@ def _retrieval_matrices(
 
 
 def retrieval_per_query(
-    predictions: Mapping[str, str | Sequence[str]], solution: Mapping[str, Sequence[str]], max_predictions: int = 100
+    predictions: Predictions, solution: Mapping[str, Sequence[str]], max_predictions: int = 100
 ) -> dict[str, np.ndarray]:
     """Per solution query (in solution order): AP@k, precision at ranks 1..k and rank of the first hit.
 
-    ``predictions`` maps a query id to its ranked index ids (a list or the raw space-separated string).
+    ``predictions`` maps a query id to its ranked index ids (a list or the raw space-separated string), or is
+    an :class:`EncodedRetrieval` (a checked submission file, see ``submission.read_retrieval_encoded``).
     A query without predictions scores 0; the first-hit rank is k+1 when nothing relevant is retrieved.
     """
     if not solution:

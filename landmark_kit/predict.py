@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import parts, save_part
-from .data import DataError, atomic_write_csv, read_train_csv
-from .ensemble import load_features, skipped_images
+from .artifacts import DamagedArtifact, append_part, discard, load_npz, parts, read_chunks
+from .data import DataError, ImageSource, atomic_write_csv, read_train_csv
+from .ensemble import load_ensemble, load_features, run_ensemble, skipped_images
 from .local import LocalConfig, extract_local
 from .recognition import nearest_neighbour_labels, nonlandmark_penalty, soft_vote, suppress_frequent, verified_vote
 from .recipes import config_digest, to_dict
@@ -62,6 +62,7 @@ class PredictConfig:
 
 
 AGGREGATES = ("sum", "max")
+HANDFUL = 5  # a count-based cut-off below this many queries is warned about: it suppresses real landmarks
 
 
 def check_config(cfg: PredictConfig) -> PredictConfig:
@@ -98,16 +99,30 @@ class RunData:
 
 
 def load_run(data_root, workdir, train_csv=None) -> RunData:
-    """Ids, labels and neighbour files of a run directory (stage 03 must have finished)."""
+    """Ids, labels and neighbour files of a run directory (stage 03 must have finished). A damaged descriptor or
+    neighbour file is removed (logged) and stage 03 run again from the folder's ``ensemble.yaml``: it redoes
+    only what is missing, so the run reads as if nothing had happened."""
     workdir = Path(workdir)
+    try:
+        return _read_run(data_root, workdir, train_csv)
+    except DamagedArtifact as damage:
+        if not (workdir / "ensemble.yaml").is_file():
+            raise
+        discard(damage, then="running stage 03 again for it")
+    run_ensemble(load_ensemble(workdir / "ensemble.yaml"), data_root, workdir, train_csv)
+    return _read_run(data_root, workdir, train_csv)
+
+
+def _read_run(data_root, workdir: Path, train_csv=None) -> RunData:
+    """:func:`load_run` without the repair: every file read once, damage raised."""
     feats = workdir / "features" / "ensemble"
     ids = {split: load_features(feats, split)[1] for split in ("test", "train", "index")}
     train = read_train_csv(train_csv or Path(data_root) / "train.csv").set_index("id")
     missing = [i for i in ids["train"] if i not in train.index]
     if missing:
         raise DataError(f"{workdir}: {len(missing)} train descriptor id(s) not in the train CSV, e.g. {missing[0]}")
-    rec = np.load(workdir / "neighbours" / "test_train.npz")
-    ret = np.load(workdir / "neighbours" / "test_index.npz")
+    rec = load_npz(workdir / "neighbours" / "test_train.npz")
+    ret = load_npz(workdir / "neighbours" / "test_index.npz")
     return RunData(workdir, ids["test"], ids["train"], ids["index"],
                    train.loc[ids["train"], "landmark_id"].to_numpy(dtype=np.int64),
                    rec["scores"], rec["indices"], ret["scores"], ret["indices"])
@@ -115,26 +130,30 @@ def load_run(data_root, workdir, train_csv=None) -> RunData:
 
 def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str], db_ids: list[str],
                       neighbours: np.ndarray, db_split: str = "train", cache: dict | None = None,
-                      progress: bool = True) -> np.ndarray:
+                      progress: bool = True, query_split: str = "test", query_source: ImageSource | None = None,
+                      db_source: ImageSource | None = None) -> np.ndarray:
     """RANSAC inliers between each test query and its shortlisted ``db_split`` neighbours ``(Q, S)``. Local
     features of both splits are cached (resumable) under ``workdir/local`` and read per chunk of pairs; the inlier
     counts go to ``local/pairs/test-<split>-<settings digest>/part_NNNNN.npz``, one file per
     ``verify.save_every`` pairs, so a killed run loses at most one chunk and a pair is verified once per setting across
-    reruns and tuning candidates. ``cache``: a dict kept by the caller, so those counts are read once."""
+    reruns and tuning candidates. ``cache``: a dict kept by the caller, so those counts are read once. Queries of
+    another split name, or images named by :class:`ImageSource` s (files, crop boxes), go through ``query_split``,
+    ``query_source`` and ``db_source``."""
     rows, cols = np.nonzero(neighbours >= 0)
     pairs = [(test_ids[q], db_ids[neighbours[q, j]]) for q, j in zip(rows, cols)]
     digest = f"{config_digest(cfg.local.cache_key())}-{config_digest(_matching_key(cfg.verify))}"
-    store = Path(workdir) / "local" / "pairs" / f"test-{db_split}-{digest}"
+    store = Path(workdir) / "local" / "pairs" / f"{query_split}-{db_split}-{digest}"
     cache = {} if cache is None else cache
     if store not in cache:
         cache[store] = _read_pairs(store)
     known = cache[store]
     todo = sorted({p for p in pairs if p not in known})
     if todo:
-        queries = extract_local(cfg.local, data_root, "test", sorted({a for a, _ in todo}), Path(workdir) / "local")
+        queries = extract_local(cfg.local, data_root, query_split, sorted({a for a, _ in todo}),
+                                Path(workdir) / "local", source=query_source)
         database = extract_local(cfg.local, data_root, db_split, sorted({b for _, b in todo}),
-                                 Path(workdir) / "local")
-        with tqdm(total=len(todo), desc=f"verify test-{db_split}", unit="pair", disable=not progress) as bar:
+                                 Path(workdir) / "local", source=db_source)
+        with tqdm(total=len(todo), desc=f"verify {query_split}-{db_split}", unit="pair", disable=not progress) as bar:
             for start in range(0, len(todo), cfg.verify.save_every):
                 chunk = todo[start: start + cfg.verify.save_every]
                 inliers = verify_pairs(chunk, queries, cfg.verify, db_feats=database)
@@ -147,19 +166,18 @@ def shortlist_inliers(cfg: PredictConfig, data_root, workdir, test_ids: list[str
 
 
 def _read_pairs(folder: Path) -> dict[tuple[str, str], int]:
-    """Every finished chunk of a pair cache (and the single file of the former layout, ``<folder>.npz``)."""
+    """Every finished chunk of a pair cache (and the single file of the former layout, ``<folder>.npz``); a
+    damaged chunk is removed (logged), so its pairs are verified again."""
     known: dict[tuple[str, str], int] = {}
-    for path in [folder.with_suffix(".npz"), *parts(folder)]:
-        if path.is_file():
-            with np.load(path) as z:
-                known.update(zip(zip(z["query"].tolist(), z["database"].tolist()), z["inliers"].tolist()))
+    for z in read_chunks([folder.with_suffix(".npz"), *parts(folder)]):
+        known.update(zip(zip(z["query"].tolist(), z["database"].tolist()), z["inliers"].tolist()))
     return known
 
 
 def _write_pairs(folder: Path, pairs: list[tuple[str, str]], inliers: np.ndarray) -> Path:
     """One more chunk of the pair cache, written atomically."""
-    return save_part(folder, len(parts(folder)), query=np.array([a for a, _ in pairs], dtype=str),
-                     database=np.array([b for _, b in pairs], dtype=str), inliers=np.asarray(inliers, np.int64))
+    return append_part(folder, query=np.array([a for a, _ in pairs], dtype=str),
+                       database=np.array([b for _, b in pairs], dtype=str), inliers=np.asarray(inliers, np.int64))
 
 
 def _matching_key(cfg: VerifyConfig) -> dict:
@@ -202,12 +220,6 @@ def confident_queries(scores: np.ndarray, fraction: float) -> np.ndarray:
     return mask
 
 
-def neighbours_ready(workdir: str | os.PathLike) -> bool:
-    """True when stage 03 has left both neighbour files in ``workdir``."""
-    folder = Path(workdir) / "neighbours"
-    return (folder / "test_train.npz").is_file() and (folder / "test_index.npz").is_file()
-
-
 def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """The recognition chain, one ``(step name, labels, scores)`` per step switched on in ``cfg``, each
     building on the previous: kNN top-1, soft-voting, spatial verification of a shortlist, non-landmark
@@ -237,6 +249,11 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
         yield f"+ non-landmark penalty ({cfg.nonlandmark_pool}, k={cfg.nonlandmark_k})", labels, scores
     if cfg.suppress_fraction > 0:
         limit = cfg.suppress_fraction * len(run.test_ids)
+        if limit < HANDFUL:
+            log.warning("distractor suppression: suppress_fraction %g of %d test queries lets a label be predicted "
+                        "only %g time(s) before it is suppressed; on so few queries true landmarks repeat that "
+                        "often (choose it with --tune-on, or leave it off)", cfg.suppress_fraction,
+                        len(run.test_ids), limit)
         yield (f"+ distractor suppression (> {cfg.suppress_fraction:g} of queries = {limit:g})", labels,
                suppress_frequent(labels, scores, limit))
 

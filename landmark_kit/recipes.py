@@ -93,10 +93,43 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def read_recipe_fields(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The fields of a YAML recipe; ``extends: other.yaml`` (relative to the recipe's folder) first loads that
-    recipe's fields, which this one then overrides, so variants of a recipe state only what differs."""
+KIT_ROOT = Path(__file__).resolve().parents[1]  # the checkout: cleaning/, ensembles/, submissions/, training/
+
+
+def recipe_field(default: Any = None) -> Any:
+    """A dataclass field naming another recipe file: read from a recipe, it resolves against that recipe's
+    folder (:func:`resolve_reference`), not against the current directory."""
+    return dataclasses.field(default=default, metadata={"recipe": True})
+
+
+def find_recipe(path: str | os.PathLike) -> Path:
+    """``path`` as given, or, when no such file exists and it is relative, the kit's own recipe of that name
+    (``ensembles/zero-shot.yaml`` works from any directory)."""
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (KIT_ROOT / path).is_file():
+        return KIT_ROOT / path
+    return path
+
+
+def resolve_reference(value: str, referring: Path) -> str:
+    """A recipe file named inside recipe ``referring``: absolute as is; else the first that exists of the
+    referring folder, its parent (``cleaning/x.yaml`` naming ``ensembles/y.yaml``) and the kit's checkout."""
+    if Path(value).is_absolute():
+        return value
+    folder = referring.resolve().parent
+    for base in (folder, folder.parent, KIT_ROOT):
+        if (base / value).is_file():
+            return str(base / value)
+    raise RecipeError(f"{referring}: names recipe {value!r}, found neither beside it ({folder / value}) nor in "
+                      f"{folder.parent} or the kit's folders ({KIT_ROOT / value})")
+
+
+def read_recipe_fields(path: str | os.PathLike, _seen: tuple[Path, ...] = (), refs: frozenset[str] = frozenset()
+                       ) -> dict[str, Any]:
+    """The fields of a YAML recipe; ``extends: other.yaml`` (relative to the recipe's folder) first loads that
+    recipe's fields, which this one then overrides, so variants of a recipe state only what differs. Keys in
+    ``refs`` name other recipe files and are resolved against the file that states them."""
+    path = find_recipe(path)
     if path.resolve() in _seen:
         raise RecipeError(f"{path}: extended recipes form a cycle ({' -> '.join(str(p) for p in _seen)})")
     try:
@@ -107,6 +140,9 @@ def read_recipe_fields(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) ->
         raise RecipeError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(loaded, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level")
+    for key in refs & loaded.keys():
+        if isinstance(loaded[key], str):
+            loaded[key] = resolve_reference(loaded[key], path)
     base = loaded.pop("extends", None)
     if base is None:
         return loaded
@@ -114,13 +150,14 @@ def read_recipe_fields(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) ->
         raise RecipeError(f"{path}: extends must name a recipe file, found {base!r}")
     if not (path.parent / base).is_file():
         raise RecipeError(f"{path}: extends {base!r}, which is not a recipe file ({path.parent / base})")
-    return {**read_recipe_fields(path.parent / base, (*_seen, path.resolve())), **loaded}
+    return {**read_recipe_fields(path.parent / base, (*_seen, path.resolve()), refs), **loaded}
 
 
 def load_recipe(cls: type[T], path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults of ``cls``, updated by the YAML file at ``path`` (if any, with its ``extends`` chain), then by
     ``overrides``."""
-    data: dict[str, Any] = read_recipe_fields(path) if path is not None else {}
+    refs = frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("recipe"))
+    data: dict[str, Any] = read_recipe_fields(path, refs=refs) if path is not None else {}
     data.update(overrides or {})
     return from_dict(cls, data, str(path) if path else cls.__name__)
 

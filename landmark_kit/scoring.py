@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -14,18 +14,11 @@ from .submission import (
     Solution,
     detect_track,
     read_recognition,
-    read_retrieval,
+    read_retrieval_encoded,
     read_solution,
 )
 
 PARTS = ("Public", "Private", "All")
-
-
-def _check_ids(pred_ids, solution: Solution, path: str | os.PathLike) -> None:
-    known = solution.ids
-    unknown = [i for i in pred_ids if i not in known]
-    if unknown:
-        raise DataError(f"{path}: {len(unknown)} id(s) not in the solution, e.g. {unknown[0]}")
 
 
 def _parts(solution: Solution) -> dict[str, dict[str, list]]:
@@ -34,8 +27,7 @@ def _parts(solution: Solution) -> dict[str, dict[str, list]]:
 
 def score_recognition(solution: Solution, submission_path: str | os.PathLike) -> dict[str, dict[str, float]]:
     """GAP, GAP ignoring non-landmark images and top-1 per Usage part."""
-    pred = read_recognition(submission_path)
-    _check_ids(pred["id"], solution, submission_path)
+    pred = read_recognition(submission_path, solution.ids)
     out = {}
     for part, sol in _parts(solution).items():
         p = pred[pred["id"].isin(sol.keys())]
@@ -49,12 +41,15 @@ def score_recognition(solution: Solution, submission_path: str | os.PathLike) ->
     return out
 
 
-def score_retrieval(solution: Solution, submission_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """mAP@100, mean precision@1..10 and rank of the first hit per Usage part (ids factorised once)."""
-    pred = read_retrieval(submission_path)
-    _check_ids(pred.keys(), solution, submission_path)
+def score_retrieval(solution: Solution, submission_path: str | os.PathLike,
+                    index_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """mAP@100, mean precision@1..10 and rank of the first hit per Usage part (ids factorised once).
+
+    Every row is checked first (:func:`read_retrieval`); with ``index_ids`` an id outside them is an error too.
+    """
+    pred = read_retrieval_encoded(submission_path, solution.ids, index_ids)
     everything = solution.all
-    pred = {q: v for q, v in pred.items() if q in everything}
+    pred = pred.select(np.fromiter((q in everything for q in pred.queries), dtype=bool, count=len(pred.queries)))
     per_query = retrieval_per_query(pred, everything)
     is_public = np.fromiter((q in solution.public for q in everything), dtype=bool, count=len(everything))
     out = {}
@@ -64,14 +59,16 @@ def score_retrieval(solution: Solution, submission_path: str | os.PathLike) -> d
     return out
 
 
-def score_files(solution_path: str | os.PathLike, submission_path: str | os.PathLike) -> dict[str, Any]:
-    """Score any submission against a solution; the track is taken from the headers (they must agree)."""
+def score_files(solution_path: str | os.PathLike, submission_path: str | os.PathLike,
+                index_ids: Iterable[str] | None = None) -> dict[str, Any]:
+    """Score any submission against a solution; the track is taken from the headers (they must agree).
+    ``index_ids`` (retrieval): the index images a row may name."""
     solution = read_solution(solution_path)
     track = detect_track(submission_path)
     if track != solution.track:
         raise DataError(f"{submission_path} is a {track} submission but {solution_path} is a {solution.track} solution")
     scores = score_recognition(solution, submission_path) if track == RECOGNITION else score_retrieval(
-        solution, submission_path
+        solution, submission_path, index_ids
     )
     return {"track": track, "solution": str(solution_path), "submission": str(submission_path), "scores": scores}
 

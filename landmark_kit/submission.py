@@ -1,7 +1,8 @@
 """Kaggle submission and solution CSVs: write, read (strictly, naming the line of every problem), validate.
 
 Recognition: ``id,landmarks`` with ``"<label> <score>"`` or empty. Retrieval: ``id,images`` with at most 100
-space-separated index ids. Solutions add ``Usage`` (Public / Private / Ignored).
+distinct index ids separated by single spaces, each 16 lowercase hex characters (the Kaggle / GLDv2 id, the
+only id the data layer accepts). Solutions add ``Usage`` (Public / Private / Ignored).
 """
 
 from __future__ import annotations
@@ -9,21 +10,26 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .artifacts import atomic_path
 from .data import DataError, is_valid_id
+from .metrics import EncodedRetrieval, _hex_ids
 
 RECOGNITION = "recognition"
 RETRIEVAL = "retrieval"
 HEADERS = {RECOGNITION: ["id", "landmarks"], RETRIEVAL: ["id", "images"]}
 MAX_RETRIEVED = 100
 USAGES = ("Public", "Private", "Ignored")
+ID_RULE = "an image id is 16 lowercase hex characters; ids are separated by single spaces"
+FIELD_HINTS = {RECOGNITION: "a prediction is '<label> <score>', separated by a space, not a comma",
+               RETRIEVAL: "index ids are separated by spaces, not commas"}
 
 
 def _atomic_rows(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Path:
@@ -116,10 +122,17 @@ def parse_recognition_field(text: str) -> tuple[int, float] | None:
     return label, score
 
 
-def read_recognition(path: str | os.PathLike) -> pd.DataFrame:
+def _fields_problem(where: str, row: Sequence[str], expected: int, track: str) -> str:
+    """``expected N fields, found M``; a row with too many quotes itself and says how a value is written."""
+    message = f"{where}: expected {expected} fields, found {len(row)}"
+    return message + (f" in {','.join(row)!r} ({FIELD_HINTS[track]})" if len(row) > expected else "")
+
+
+def read_recognition(path: str | os.PathLike, query_ids: Collection[str] | None = None) -> pd.DataFrame:
     """Read a recognition submission into ``id, landmark_id, score`` (rows without prediction dropped).
 
-    Raises DataError naming the line for a wrong header, malformed prediction or repeated id.
+    Raises DataError naming the line for a wrong header, more fields than it, a malformed prediction, a
+    repeated id or (given ``query_ids``, e.g. a solution's ids) an id not among them.
     """
     header, rows = _read_rows(path)
     if header[:2] != HEADERS[RECOGNITION]:
@@ -129,9 +142,13 @@ def read_recognition(path: str | os.PathLike) -> pd.DataFrame:
         if not row:
             continue
         image_id = row[0]
+        if len(row) > len(header):
+            raise DataError(_fields_problem(f"{path}, line {line}", row, len(header), RECOGNITION))
         if image_id in seen:
             raise DataError(f"{path}, line {line}: id {image_id} is repeated")
         seen.add(image_id)
+        if query_ids is not None and image_id not in query_ids:
+            raise DataError(f"{path}, line {line}: id {image_id} is not in the solution")
         try:
             parsed = parse_recognition_field(row[1] if len(row) > 1 else "")
         except ValueError as exc:
@@ -145,8 +162,8 @@ def read_recognition(path: str | os.PathLike) -> pd.DataFrame:
     )
 
 
-def read_retrieval(path: str | os.PathLike) -> dict[str, str]:
-    """Read a retrieval submission into ``{query id: raw space-separated index ids}`` (empty rows kept).
+def _retrieval_frame(path: str | os.PathLike) -> tuple[pd.Series, pd.Series]:
+    """Query ids and images (one trailing space dropped, as the metric does) of every line after the header.
 
     Uses pandas' C parser (a 120k x 100 file is ~200 MB); blank lines are kept so line numbers stay exact.
     """
@@ -154,17 +171,103 @@ def read_retrieval(path: str | os.PathLike) -> dict[str, str]:
     if header[:2] != HEADERS[RETRIEVAL]:
         raise DataError(f"{path}: header must be id,images, found {','.join(header)}")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, usecols=[0, 1],
-                         encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig")
+    except pd.errors.ParserError as exc:  # a line with more fields than the header: find it (slow path)
+        _, rows = _read_rows(path)
+        line, row = next(((n, r) for n, r in enumerate(rows, start=2) if len(r) > len(header)), (0, []))
+        if row:
+            raise DataError(_fields_problem(f"{path}, line {line}", row, len(header), RETRIEVAL)) from None
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
-    ids = df.iloc[:, 0]
-    repeated = ids.duplicated() & (ids != "")
-    if repeated.any():
-        row = int(np.flatnonzero(repeated.to_numpy())[0])
-        raise DataError(f"{path}, line {row + 2}: id {ids.iloc[row]} is repeated")
-    keep = (ids != "").to_numpy()
-    return dict(zip(ids[keep].tolist(), df.iloc[:, 1][keep].tolist()))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    df = df.iloc[:, :2].fillna("")
+    return df.iloc[:, 0], df.iloc[:, 1].str.removesuffix(" ")
+
+
+def _has_repeats(tokens: np.ndarray, counts: np.ndarray) -> bool:
+    """Whether a row holds an id twice: rows padded with 0 to MAX_RETRIEVED columns and sorted, no Python loop."""
+    mat = np.zeros((len(counts), MAX_RETRIEVED), np.uint64)
+    mat[np.arange(MAX_RETRIEVED) < counts[:, None]] = tokens
+    mat.sort(axis=1)
+    real_zeros = np.count_nonzero(mat == 0, axis=1) - (MAX_RETRIEVED - counts)  # id 0000000000000000
+    return bool(((mat[:, 1:] == mat[:, :-1]) & (mat[:, 1:] != 0)).any() or (real_zeros > 1).any())
+
+
+def _index_codes(index_ids: Iterable[str]) -> np.ndarray:
+    valid = [i for i in index_ids if is_valid_id(i)]
+    return _hex_ids(" ".join(valid), len(valid)) if valid else np.zeros(0, np.uint64)
+
+
+def _encode_rows(ids: pd.Series, texts: pd.Series, query_ids: Collection[str] | None,
+                 index_ids: Iterable[str] | None) -> EncodedRetrieval | None:
+    """The rows' ids as uint64, or None when some row breaks a rule (vectorised; the caller then names it)."""
+    if ids.duplicated().any() or (query_ids is not None and not ids.isin(query_ids).all()):
+        return None
+    lengths = texts.str.len().to_numpy(dtype=np.int64)
+    counts = (lengths + 1) // 17  # every id takes 16 characters and a space
+    if ((lengths > 0) & ((lengths + 1) % 17 != 0)).any() or (counts > MAX_RETRIEVED).any():
+        return None
+    total = int(counts.sum())
+    tokens = _hex_ids(" ".join(texts[lengths > 0].tolist()), total) if total else np.zeros(0, np.uint64)
+    if tokens is None or _has_repeats(tokens, counts):
+        return None
+    if index_ids is not None and not np.isin(tokens, _index_codes(index_ids)).all():
+        return None
+    return EncodedRetrieval(ids.tolist(), counts, tokens)
+
+
+def _first_retrieval_problem(path: str | os.PathLike, ids: list[str], texts: list[str],
+                             query_ids: Collection[str] | None, index_ids: Iterable[str] | None) -> str:
+    """The first line that breaks a rule, with the offending id or token and why (a loop: error path only)."""
+    index_set = set(index_ids) if index_ids is not None else None
+    seen: dict[str, int] = {}
+    for line, (query, text) in enumerate(zip(ids, texts), start=2):
+        where = f"{path}, line {line}"
+        if not query:
+            if text:
+                return f"{where}: index ids {text[:40]!r} without a query id"
+            continue
+        if query in seen:
+            return f"{where}: id {query} is repeated (first on line {seen[query]})"
+        seen[query] = line
+        if query_ids is not None and query not in query_ids:
+            return f"{where}: id {query} is not in the solution"
+        problems = _retrieval_problems(text, index_set)
+        if problems:
+            return f"{where} (id {query}): {problems[0]}"
+    return f"{path}: not a valid retrieval submission"
+
+
+def _read_checked(path: str | os.PathLike, query_ids: Collection[str] | None,
+                  index_ids: Iterable[str] | None) -> tuple[pd.Series, EncodedRetrieval]:
+    """The images of the lines with a query id, and those rows encoded; the first broken rule raises DataError."""
+    ids, texts = _retrieval_frame(path)
+    named = (ids != "").to_numpy()
+    encoded = None
+    if not (~named & (texts != "").to_numpy()).any():
+        encoded = _encode_rows(ids[named], texts[named], query_ids, index_ids)
+    if encoded is None:
+        raise DataError(_first_retrieval_problem(path, ids.tolist(), texts.tolist(), query_ids, index_ids))
+    return texts[named], encoded
+
+
+def read_retrieval_encoded(path: str | os.PathLike, query_ids: Collection[str] | None = None,
+                           index_ids: Iterable[str] | None = None) -> EncodedRetrieval:
+    """A retrieval submission, every row checked, its ids as uint64 for the scorer; see :func:`read_retrieval`."""
+    return _read_checked(path, query_ids, index_ids)[1]
+
+
+def read_retrieval(path: str | os.PathLike, query_ids: Collection[str] | None = None,
+                   index_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """Read a retrieval submission into ``{query id: space-separated index ids}`` (empty rows kept).
+
+    Raises DataError naming the line, the id or token and why, for the first row with more fields than the
+    header, a repeated query id, a query id not in ``query_ids`` (when given), a token that is not an image
+    id (``;`` / ``,``-joined, not 16 lowercase hex), an empty token, a repeated index id, more than 100 ids,
+    or an id not in ``index_ids`` (when given). One trailing space is tolerated, as by the metric.
+    """
+    texts, encoded = _read_checked(path, query_ids, index_ids)
+    return dict(zip(encoded.queries, texts.tolist()))
 
 
 @dataclass
@@ -252,7 +355,7 @@ def validate_submission(
     for line, row in enumerate(rows, start=2):
         where = f"{path}, line {line}"
         if len(row) != 2:
-            errors.append(f"{where}: expected 2 fields, found {len(row)}")
+            errors.append(_fields_problem(where, row, 2, track))
             continue
         image_id, value = row
         if image_id in seen:
@@ -271,7 +374,7 @@ def validate_submission(
             if parsed and label_set is not None and parsed[0] not in label_set:
                 errors.append(f"{where} (id {image_id}): label {parsed[0]} is not a train landmark")
         else:
-            errors.extend(_retrieval_row_errors(where, image_id, value, index_set))
+            errors.extend(f"{where} (id {image_id}): {p}" for p in _retrieval_problems(value, index_set))
     missing = sorted(expected - set(seen))
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
@@ -279,25 +382,27 @@ def validate_submission(
     return _errors_summary(path, errors)
 
 
-def _retrieval_row_errors(where: str, query: str, value: str, index_set: set[str] | None) -> list[str]:
+def _retrieval_problems(value: str, index_set: set[str] | None) -> list[str]:
+    """What is wrong with one row's index ids, most telling first (the validator lists all, readers the first)."""
     if not value:
         return []
     tokens = value.split(" ")
-    errors = []
+    problems = []
+    bad = next((t for t in tokens if t and not is_valid_id(t)), None)
+    if bad is not None:
+        problems.append(f"token {bad!r} is not an image id ({ID_RULE})")
+    if "" in tokens:
+        problems.append("empty token (double, leading or trailing space)")
     if len(tokens) > MAX_RETRIEVED:
-        errors.append(f"{where} (id {query}): {len(tokens)} images, at most {MAX_RETRIEVED} allowed")
-    if any(t == "" for t in tokens):
-        errors.append(f"{where} (id {query}): empty token (double or trailing space)")
-    if len(set(tokens)) != len(tokens):
-        errors.append(f"{where} (id {query}): repeated index id")
-    bad = [t for t in tokens if t and not is_valid_id(t)]
-    if bad:
-        errors.append(f"{where} (id {query}): malformed index id {bad[0]!r}")
-    elif index_set is not None:
+        problems.append(f"{len(tokens)} images, at most {MAX_RETRIEVED} allowed")
+    repeated = next((t for t, n in Counter(tokens).items() if t and n > 1), None)
+    if repeated is not None:
+        problems.append(f"repeated index id {repeated}")
+    if bad is None and index_set is not None:
         unknown = [t for t in tokens if t and t not in index_set]
         if unknown:
-            errors.append(f"{where} (id {query}): {len(unknown)} unknown index id(s), e.g. {unknown[0]}")
-    return errors
+            problems.append(f"{len(unknown)} unknown index id(s), e.g. {unknown[0]}")
+    return problems
 
 
 def validate_against(

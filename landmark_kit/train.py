@@ -15,6 +15,7 @@ and ends with exactly the tensors of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .artifacts import atomic_path
+from .artifacts import DamagedArtifact, atomic_path, discard, intact, read_chunks
 from .augment import DeviceAugment
 from .data import ImageDataset, collate_skip_bad, image_path, read_train_csv, upright_size
 from .extract import ShapedDataset
@@ -148,10 +150,9 @@ def epoch_batches(buckets: np.ndarray, batch_size: int, seed: int, epoch: int) -
 def image_sizes(root, ids: list[str], cache: Path, write: bool = True) -> np.ndarray:
     """(width, height) after EXIF rotation of every train image, from file headers; cached in the run
     (written by one process only, ``write``)."""
-    if cache.is_file():
-        saved = np.load(cache, allow_pickle=False)
-        if saved["ids"].tolist() == ids:
-            return saved["sizes"]
+    saved = next(read_chunks([cache]), None)  # a damaged cache is removed (logged) and measured again
+    if saved is not None and saved["ids"].tolist() == ids:
+        return saved["sizes"]
     sizes = np.array([upright_size(image_path(root, "train", i)) or (1, 1) for i in
                       tqdm(ids, desc="image sizes", unit="img", mininterval=5)], dtype=np.int64).reshape(-1, 2)
     if write:
@@ -215,6 +216,32 @@ class Trainable(nn.Module):
         loss = (self.criterion(logits, labels) + self.cfg.attention_weight * attention
                 + self.cfg.reconstruction_weight * reconstruction)
         return loss, logits
+
+
+CHECKPOINT_HINT = "rerun stage 02 on its run directory (it writes model.pt again from last.pt) or copy it again"
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path: str | os.PathLike, hint: str = "") -> Iterator[None]:
+    """Around ``torch.load``: a truncated or corrupt file raises :class:`DamagedArtifact` naming it (a pickle that
+    ``weights_only`` refuses stays an ``UnpicklingError``)."""
+    try:
+        yield
+    except (RuntimeError, EOFError) as exc:
+        raise DamagedArtifact(path, str(exc).split(". ")[0] or type(exc).__name__, "checkpoint", hint) from None
+
+
+def _resume_state(last: Path) -> dict | None:
+    """The resume checkpoint ``last.pt``, None without one; a damaged one is removed (logged) and training starts
+    again from scratch, which ends with the same tensors (same seed)."""
+    if not last.is_file():
+        return None
+    try:
+        with checkpoint_errors(last):
+            return torch.load(last, map_location="cpu", weights_only=True)
+    except DamagedArtifact as damage:
+        discard(damage, then="training starts again from scratch")
+        return None
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -400,7 +427,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
         previous = load_recipe(TrainConfig, saved_cfg)
         if to_dict(previous) != to_dict(cfg):
             raise RecipeError(f"{workdir} holds a run with a different config ({saved_cfg}); use a new --workdir")
-    if final.is_file():
+    if intact(final):  # a damaged model.pt is removed and written again from last.pt
         log.info("%s already trained", final)
         return final
     workdir.mkdir(parents=True, exist_ok=True)
@@ -451,9 +478,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
 
     epoch, step, acc, history, skipped = 0, 0, {"seen": 0, "loss": 0.0, "correct": 0, "seconds": 0.0}, [], set()
     last = workdir / "last.pt"
-    resumed_rng = None
-    if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+    resumed_rng, state = None, _resume_state(last)
+    if state is not None:
         if len(state["rng"]) != world.size:
             raise RecipeError(f"{last} was written by {len(state['rng'])} processes; resume with as many, not "
                               f"{world.size}")
@@ -557,8 +583,10 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
 
 
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LandmarkNet, TrainConfig]:
-    """A trained LandmarkNet from ``model.pt`` (``weights_only=True``), in eval mode, with its config."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A trained LandmarkNet from ``model.pt`` (``weights_only=True``), in eval mode, with its config; a damaged
+    file is refused naming it (:class:`DamagedArtifact`)."""
+    with checkpoint_errors(path, CHECKPOINT_HINT):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = from_dict(TrainConfig, state["config"], str(path))
     local_classes = len(state["classes"]) if cfg.local_head else 0
     model = LandmarkNet(create_backbone(cfg.model), cfg.dim, cfg.gem_p, local_classes, cfg.local_dim)

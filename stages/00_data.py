@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Stage 00: data in. ``gldv2``: the official GLDv2 tar shards, md5-checked, extracted, resumable;
+``revisited``: Revisited Oxford / Paris and the 1M distractors from their official archives, resumable;
 ``from-folders``: any labelled photo folder as a Kaggle-layout competition; ``kaggle``: a Kaggle
 competition's files through the kaggle CLI, unzipped and checked.
 
   python stages/00_data.py gldv2 --split train|index|test --out DIR [--shards 0-9] [--base-url URL] [--workers N]
+  python stages/00_data.py revisited roxford5k|rparis6k|revisitop1m --out ROOT [--archives 1-3] [--base-url URL]
   python stages/00_data.py from-folders SRC --out DIR [--seed S] [--half second]
   python stages/00_data.py kaggle landmark-recognition-2021 --out DIR
 
@@ -11,6 +13,12 @@ gldv2 writes DIR/<split>/a/b/c/<id>.jpg, DIR/metadata/ and DIR/ground_truth/ as 
 images on disk DIR/train.csv + DIR/train_clean.csv (train) or DIR/{recognition,retrieval}_solution.csv
 (test, the v2.1 ground truth); a rerun skips shards already complete; a shard whose md5 does not match is
 refused by name and the command exits 1 after finishing the others (landmark_kit/gldv2.py).
+
+revisited writes ROOT/<dataset>/jpg/<name>.jpg + ROOT/<dataset>/gnd_<dataset>.pkl (revisitop1m: jpg/<listed
+path> + revisitop1m.txt), the layout of the benchmark's own download script; a rerun skips archives already
+complete; an archive that does not read to its end is refused by name (exit 1 after the others); images the
+ground truth names but that are absent or unreadable are listed in ROOT/<dataset>/missing.csv
+(landmark_kit/revisited_data.py).
 
 SRC holds one folder per landmark (folder name = label) plus an optional distractors/ folder, or flat files
 named <label>__<name> with `distractor` as the non-landmark label (as ../shared/realdev). DIR gets train/,
@@ -29,6 +37,8 @@ from landmark_kit.data import DataError
 from landmark_kit.folders import HALVES, build
 from landmark_kit.gldv2 import SHARDS, Gldv2Config, download, parse_shards
 from landmark_kit.kaggle import download_competition
+from landmark_kit.revisited_data import SOURCES, RevisitedConfig, parse_archives
+from landmark_kit.revisited_data import download as download_revisited
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--workers", type=int, default=Gldv2Config.workers, help="shards in flight at once")
     g.add_argument("--keep-tars", action="store_true", help="keep each verified tar after extracting it")
     g.add_argument("--no-progress", action="store_true")
+    r = sub.add_parser("revisited", help="Revisited Oxford / Paris, 1M distractors: official archives (resumable)")
+    r.add_argument("dataset", choices=sorted(SOURCES))
+    r.add_argument("--out", required=True, help="benchmark root: <dataset>/jpg/ and the ground truth go here")
+    r.add_argument("--archives", help="e.g. 1-3 or 1,5,7-8 (default: all: revisitop1m 1-100, rparis6k 1-2)")
+    r.add_argument("--base-url", default="", help="replaces the scheme and host of every official URL (a mirror)")
+    r.add_argument("--workers", type=int, default=RevisitedConfig.workers, help="archives in flight at once")
+    r.add_argument("--keep-archives", action="store_true", help="keep each archive after extracting it")
+    r.add_argument("--no-progress", action="store_true")
     f = sub.add_parser("from-folders", help="a labelled photo folder as a Kaggle-layout competition")
     f.add_argument("src", help="one folder per landmark (+ distractors/), or flat <label>__<name> files")
     f.add_argument("--out", required=True, help="the competition folder to write")
@@ -55,12 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "gldv2":
             cfg = Gldv2Config(base_url=args.base_url.rstrip("/"), workers=args.workers, keep_tars=args.keep_tars)
-            summary = download(args.split, args.out, parse_shards(args.shards, args.split), cfg,
-                               progress=not args.no_progress).__dict__
-            print(json.dumps(summary))
-            for name, reason in summary["failed"].items():
-                print(f"failed: {name}: {reason}", file=sys.stderr)
-            return 1 if summary["failed"] else 0
+            return _report(download(args.split, args.out, parse_shards(args.shards, args.split), cfg,
+                                    progress=not args.no_progress).__dict__)
+        if args.command == "revisited":
+            cfg = RevisitedConfig(base_url=args.base_url, workers=args.workers, keep_archives=args.keep_archives)
+            summary = download_revisited(args.dataset, args.out, parse_archives(args.archives, args.dataset), cfg,
+                                         progress=not args.no_progress).__dict__
+            if summary["missing_count"]:
+                print(f"missing or unreadable: {summary['missing_count']} of the {summary['expected']} images "
+                      f"{args.dataset} lists ({args.out}/{args.dataset}/missing.csv)", file=sys.stderr)
+            return _report(summary)
         if args.command == "kaggle":
             summary = download_competition(args.competition, args.out)
         else:
@@ -70,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(summary))
     return 0
+
+
+def _report(summary: dict) -> int:
+    """Print a download summary (JSON on stdout, each failure by name on stderr); 1 when anything failed."""
+    print(json.dumps(summary))
+    for name, reason in summary["failed"].items():
+        print(f"failed: {name}: {reason}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
   python stages/01_clean.py --data-root runs/demo/synthetic --recipe cleaning/synthetic.yaml [--name synthetic]
 
-Writes cleaning/<name>/train_clean.csv (train.csv format) and a report (per-label counts, inlier
+Writes runs/cleaning/<name>/train_clean.csv (train.csv format) and a report (per-label counts, inlier
 histogram, removed samples, report.json). Scale-out: run one process per rank with --rank/--world-size
 (e.g. a SLURM array: --rank $SLURM_ARRAY_TASK_ID --world-size $SLURM_ARRAY_TASK_COUNT); each writes its own
 resumable pair file, and the last one to finish merges.
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from landmark_kit.cleaning import CleanConfig, clean
-from landmark_kit.data import DataError
+from landmark_kit.data import DataError, require_inputs
 from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides, launcher_rank, load_recipe
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default="runs/demo/synthetic")
     ap.add_argument("--recipe", default="cleaning/synthetic.yaml")
     ap.add_argument("--name", help="output name (default: the recipe's file name)")
-    ap.add_argument("--out-root", default="cleaning", help="outputs go to OUT_ROOT/NAME/")
+    ap.add_argument("--out-root", default="runs/cleaning", help="outputs go to OUT_ROOT/NAME/")
     ap.add_argument("--workdir", help="intermediates (default OUT_ROOT/NAME/work)")
     ap.add_argument("--train-csv", help="labelled train list (default <data-root>/train.csv)")
     add_recipe_flags(ap, CleanConfig)
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     overrides = launcher_rank(flag_overrides(args, CleanConfig))  # torchrun / SLURM / plain env vars
     try:
+        require_inputs(args.data_root, ("train",), args.train_csv)
         cfg = load_recipe(CleanConfig, args.recipe, overrides)
         out = Path(args.out_root) / (args.name or Path(args.recipe).stem)
         report = clean(cfg, args.data_root, out, args.workdir, args.train_csv)

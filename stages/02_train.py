@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 
+from landmark_kit.data import DataError, require_inputs
 from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides, load_recipe
 from landmark_kit.train import TrainConfig, train
 
@@ -29,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         cfg = load_recipe(TrainConfig, args.recipe, flag_overrides(args, TrainConfig))
+        require_inputs(args.data_root, ("train",), cfg.train_csv)  # before the run folder is made
         path = train(cfg, args.data_root, args.workdir)
-    except RecipeError as exc:
+    except (RecipeError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(path)

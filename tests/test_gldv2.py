@@ -5,33 +5,24 @@ name, an interrupted download never treated as complete."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from httpserver import Server, stage00
 from landmark_kit.data import DataError, image_path, read_train_csv, scan_split
 from landmark_kit.gldv2 import Gldv2Config, download, parse_shards
 from landmark_kit.submission import read_solution
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _stage00():
-    spec = importlib.util.spec_from_file_location("stage00", ROOT / "stages" / "00_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _jpeg(seed: int) -> bytes:
@@ -92,63 +83,6 @@ def bucket(tmp_path):
         "id,images,Usage\n" + "".join(f"{i},{train[0] if n % 2 else 'None'},{'Private' if n % 2 else 'Ignored'}\n"
                                       for n, i in enumerate(test)))
     return root, ids
-
-
-class Server:
-    """ThreadingHTTPServer over a folder with Range support (as S3), a log of GET requests, and paths whose
-    next GET is cut after half the body."""
-
-    def __init__(self, root: Path) -> None:
-        self.gets: list[tuple[str, str | None]] = []
-        self.cut: set[str] = set()
-        self.stall: set[str] = set()  # next GET sends half the body, then waits until `release` is set
-        self.release = threading.Event()
-        server = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(root), **kwargs)
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.gets.append((self.path, self.headers.get("Range")))
-                path = Path(self.translate_path(self.path))
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
-                if start >= len(data):
-                    self.send_error(416)
-                    return
-                self.send_response(206 if start else 200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                if self.path in server.stall:
-                    server.stall.discard(self.path)
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    server.release.wait(60)
-                    return
-                if self.path in server.cut:
-                    server.cut.discard(self.path)
-                    body = body[: len(body) // 2]
-                    self.close_connection = True
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-
-    def tar_gets(self) -> list[tuple[str, str | None]]:
-        return [g for g in self.gets if g[0].endswith(".tar")]
 
 
 @pytest.fixture()
@@ -213,7 +147,7 @@ def test_corrupted_shard_refused_by_name_others_finished(bucket, server, tmp_pat
     root, ids = bucket
     (root / "md5sum" / "test" / "md5.images_001.txt").write_text("0" * 32 + "  images_001.tar\n")
     out = tmp_path / "gld"
-    code = _stage00().main(["gldv2", "--split", "test", "--out", str(out), "--base-url", server.url,
+    code = stage00().main(["gldv2", "--split", "test", "--out", str(out), "--base-url", server.url,
                             "--workers", "2", "--shards", "0-2", "--no-progress"])
     assert code == 1
     err = capsys.readouterr().err

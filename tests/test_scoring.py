@@ -80,3 +80,32 @@ def test_cli_score_json_and_validate(files):
     assert run.returncode == 1 and "line 2" in run.stdout
     run = _stage("--solution", files / "rec_sol.csv", "--submission", files / "broken.csv")
     assert run.returncode == 2 and "line 2" in run.stderr
+
+
+I1, I2 = f"{100:016x}", f"{101:016x}"
+
+
+@pytest.mark.parametrize("row, message", [
+    (f"{B},{I1};{I2}", f"line 3 (id {B}): token '{I1};{I2}' is not an image id (an image id is 16 lowercase hex"),
+    (f"{B},{I1} not-an-id", f"line 3 (id {B}): token 'not-an-id' is not an image id"),
+    (f"{B},{I1},{I2}", f"line 3: expected 2 fields, found 3 in '{B},{I1},{I2}' (index ids are separated by spaces"),
+    (f"{D},{I1}", f"line 3: id {D} is not in the solution"),
+], ids=["semicolon-joined", "not-hex", "comma-joined", "unknown-query"])
+def test_cli_refuses_a_malformed_retrieval_row_naming_line_and_token(files, row, message):
+    (files / "bad.csv").write_text(f"id,images\n{A},{I1}\n{row}\n")
+    run = _stage("--solution", files / "ret_sol.csv", "--submission", files / "bad.csv")
+    assert run.returncode == 2 and run.stdout == "" and len(run.stderr.splitlines()) == 1
+    assert run.stderr.startswith(f"error: {files / 'bad.csv'}, {message}")
+
+
+def test_recognition_comma_separated_prediction_is_named(files):
+    (files / "bad.csv").write_text(f"id,landmarks\n{A},4 0.5\n{B},4,0.9\n")
+    with pytest.raises(DataError, match=f"line 3: expected 2 fields, found 3 in '{B},4,0.9' \\(a prediction is"):
+        score_files(files / "rec_sol.csv", files / "bad.csv")
+
+
+def test_retrieval_index_ids_checked_when_known(files):
+    index = [f"{i:016x}" for i in range(100, 103)]
+    assert score_files(files / "ret_sol.csv", files / "ret.csv", index)["scores"]["All"]["queries"] == 2
+    with pytest.raises(DataError, match=f"line 2 \\(id {A}\\): 1 unknown index id\\(s\\), e.g. {index[2]}"):
+        score_files(files / "ret_sol.csv", files / "ret.csv", index[:2])

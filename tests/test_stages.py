@@ -22,9 +22,13 @@ TINY_TRAIN = ["--model", "test_efficientnet", "--weights", "none", "--epochs", "
               "--batch-size", "16", "--workers", "0", "--dim", "32"]
 
 
+def run_stage(name: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "stages" / name), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
 def stage(name: str, *args) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, str(ROOT / "stages" / name), *map(str, args)],
-                         capture_output=True, text=True, cwd=ROOT)
+    run = run_stage(name, *args)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -241,3 +245,56 @@ def test_frozen_stages_keep_their_weights_and_batchnorm_statistics(tiny_competit
                            initial["backbone.blocks.2.0.conv_exp.weight"])
     with pytest.raises(RecipeError, match="whole backbone"):
         train(TrainConfig(**{**cfg.__dict__, "freeze_stages": 99}), tiny_competition, tmp_path / "all", progress=False)
+
+
+def assert_refused(run: subprocess.CompletedProcess, *named: Path) -> None:
+    """Exit 2 and one stderr line, ``error: ...`` naming every path in ``named``; no traceback."""
+    assert run.returncode == 2, run.stderr[-3000:]
+    (line,) = run.stderr.splitlines()
+    assert line.startswith("error: ") and all(str(p) in line for p in named), line
+
+
+def test_train_missing_inputs_write_nothing_and_the_corrected_command_trains(tiny_competition, tmp_path):
+    workdir = tmp_path / "run"
+    assert_refused(run_stage("02_train.py", "--data-root", tmp_path / "nowhere", "--workdir", workdir, *TINY_TRAIN),
+                   tmp_path / "nowhere")
+    assert_refused(run_stage("02_train.py", "--data-root", tmp_path, "--workdir", workdir, *TINY_TRAIN),
+                   tmp_path / "train.csv", tmp_path / "train")
+    assert_refused(run_stage("02_train.py", "--data-root", tiny_competition, "--workdir", workdir,
+                             "--train-csv", tmp_path / "clean.csv", *TINY_TRAIN), tmp_path / "clean.csv")
+    assert not workdir.exists()
+    run = stage("02_train.py", "--data-root", tiny_competition, "--workdir", workdir,
+                "--train-csv", tiny_competition / "train.csv", *TINY_TRAIN)
+    assert run.stdout.strip().splitlines()[-1] == str(workdir / "model.pt")
+
+
+def test_ensemble_missing_inputs_write_nothing_and_the_corrected_command_runs(trained, tiny_competition, tmp_path):
+    recipe, workdir = tiny_recipe(tmp_path, trained), tmp_path / "run"
+    (tmp_path / "gone").mkdir()
+    lost = tiny_recipe(tmp_path / "gone", tmp_path / "gone")
+    for args, named in [
+        (("--data-root", tmp_path / "nowhere", "--ensemble", recipe), [tmp_path / "nowhere"]),
+        (("--data-root", tmp_path / "gone", "--ensemble", recipe),
+         [tmp_path / "gone" / "train.csv", tmp_path / "gone" / "train", tmp_path / "gone" / "test"]),
+        (("--data-root", tiny_competition, "--ensemble", recipe, "--train-csv", tmp_path / "clean.csv"),
+         [tmp_path / "clean.csv"]),
+        (("--data-root", tiny_competition, "--ensemble", tmp_path / "missing.yaml"), [tmp_path / "missing.yaml"]),
+        (("--data-root", tiny_competition, "--ensemble", lost), [tmp_path / "gone" / "model.pt"]),
+    ]:
+        assert_refused(run_stage("03_ensemble.py", "--workdir", workdir, *args), *named)
+        assert not workdir.exists()
+    run = stage("03_ensemble.py", "--data-root", tiny_competition, "--workdir", workdir, "--ensemble", recipe)
+    assert (workdir / "neighbours" / "test_train.npz").is_file() and "neighbours" in run.stdout
+
+
+def test_score_missing_inputs_are_one_line(tiny_competition, tmp_path):
+    solution = tiny_competition / "retrieval_solution.csv"
+    submission = tiny_competition / "retrieval_sample_submission.csv"
+    assert_refused(run_stage("05_score.py", "--solution", tmp_path / "s.csv", "--submission", submission),
+                   tmp_path / "s.csv")
+    assert_refused(run_stage("05_score.py", "--solution", solution, "--submission", tmp_path / "p.csv"),
+                   tmp_path / "p.csv")
+    assert_refused(run_stage("05_score.py", "--solution", solution, "--submission", submission,
+                             "--data-root", tmp_path), tmp_path / "index")
+    assert_refused(run_stage("05_score.py", "--validate", submission, "--data-root", tmp_path), tmp_path / "test")
+    stage("05_score.py", "--solution", solution, "--submission", submission, "--data-root", tiny_competition)

@@ -133,3 +133,50 @@ def test_read_solution_rejects_bad_usage_and_repeats(tmp_path):
     path.write_text(f"id,images,Usage\n{T[0]},{IDX[0]},Public\n{T[0]},{IDX[0]},Public\n")
     with pytest.raises(DataError, match="line 3: id .* is repeated"):
         read_solution(path)
+
+
+ZERO = "0" * 16
+
+
+@pytest.mark.parametrize("images, message", [
+    (f"{IDX[0]};{IDX[1]}", f"token '{IDX[0]};{IDX[1]}' is not an image id (an image id is 16 lowercase hex"),
+    (f"{IDX[0]} 0123456789ABCDEF", "token '0123456789ABCDEF' is not an image id"),
+    (f"{IDX[0]} {IDX[1]} {IDX[0]}", f"repeated index id {IDX[0]}"),
+    (f"{ZERO} {IDX[1]} {ZERO}", f"repeated index id {ZERO}"),
+    (f"{IDX[0]}  {IDX[1]}", "empty token (double, leading or trailing space)"),
+    (" ".join(IDX[:101]), "101 images, at most 100 allowed"),
+], ids=["semicolon-joined", "not-lowercase-hex", "repeated", "repeated-zero-id", "double-space", "over-100"])
+def test_read_retrieval_names_line_token_and_reason(tmp_path, images, message):
+    path = tmp_path / "retrieval.csv"
+    path.write_text(f"id,images\n{T[0]},{IDX[5]} {IDX[6]}\n{T[1]},{images}\n")
+    with pytest.raises(DataError) as info:
+        read_retrieval(path)
+    assert str(info.value).startswith(f"{path}, line 3 (id {T[1]}): {message}")
+
+
+def test_read_retrieval_checks_query_and_index_ids_when_known(tmp_path):
+    path = tmp_path / "retrieval.csv"
+    path.write_text(f"id,images\n{T[0]},{IDX[0]}\n{T[3]},{IDX[1]} {IDX[9]}\n")
+    assert read_retrieval(path, T, IDX[:10]) == {T[0]: IDX[0], T[3]: f"{IDX[1]} {IDX[9]}"}
+    with pytest.raises(DataError, match=f"line 3: id {T[3]} is not in the solution"):
+        read_retrieval(path, T[:2])
+    with pytest.raises(DataError, match=f"line 3 \\(id {T[3]}\\): 1 unknown index id\\(s\\), e.g. {IDX[9]}"):
+        read_retrieval(path, T, IDX[:9])
+
+
+def test_read_retrieval_accepts_edge_rows(tmp_path):
+    path = tmp_path / "retrieval.csv"
+    path.write_text(f"id,images\n{T[0]},{' '.join(IDX[:100])}\n{T[1]},{ZERO} {IDX[0]} \n{T[2]},\n\n")
+    assert read_retrieval(path) == {T[0]: " ".join(IDX[:100]), T[1]: f"{ZERO} {IDX[0]}", T[2]: ""}
+
+
+@pytest.mark.parametrize("reader, row, hint", [
+    (read_recognition, f"{T[1]},4,0.9", "a prediction is '<label> <score>', separated by a space, not a comma"),
+    (read_retrieval, f"{T[1]},{IDX[0]},{IDX[1]}", "index ids are separated by spaces, not commas"),
+], ids=["recognition", "retrieval"])
+def test_comma_separated_value_is_too_many_fields_quoting_the_line(tmp_path, reader, row, hint):
+    path = tmp_path / "sub.csv"
+    path.write_text(f"id,{'landmarks' if reader is read_recognition else 'images'}\n{T[0]},\n{row}\n")
+    with pytest.raises(DataError) as info:
+        reader(path)
+    assert str(info.value) == f"{path}, line 3: expected 2 fields, found 3 in {row!r} ({hint})"
