@@ -81,6 +81,13 @@ class EnsembleConfig:
     shard_size: int = 50_000  # images per saved piece of a split: a killed extraction loses at most one piece
 
 
+def require_checkpoints(cfg: EnsembleConfig) -> None:
+    """Raise RecipeError naming every member whose checkpoint file is missing (before a run folder is made)."""
+    missing = [f"{m.name} ({m.checkpoint})" for m in cfg.members if m.checkpoint and not Path(m.checkpoint).is_file()]
+    if missing:
+        raise RecipeError(f"checkpoint not found for member(s) {', '.join(missing)}")
+
+
 def load_ensemble(path: str | os.PathLike | None, overrides: dict | None = None) -> EnsembleConfig:
     """Read and check an ensemble recipe: at least one member, unique names, checkpoint xor backbone."""
     cfg = load_recipe(EnsembleConfig, path, overrides)
@@ -447,6 +454,7 @@ def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None, reuse_
     returns ``{}``, and the last one to finish merges, concatenates and searches.
     """
     workdir = Path(workdir)
+    require_checkpoints(cfg)
     note_run_folder(cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     save_recipe(cfg, workdir / "ensemble.yaml")

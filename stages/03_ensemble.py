@@ -15,18 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from landmark_kit.data import DataError, require_inputs
 from landmark_kit.ensemble import EnsembleConfig, load_ensemble, run_ensemble
 from landmark_kit.recipes import RecipeError, add_recipe_flags, flag_overrides, launcher_rank
-
-
-def require_checkpoints(cfg: EnsembleConfig, recipe: str) -> None:
-    """Raise RecipeError naming every member whose checkpoint file is missing."""
-    missing = [f"{m.name} ({m.checkpoint})" for m in cfg.members if m.checkpoint and not Path(m.checkpoint).is_file()]
-    if missing:
-        raise RecipeError(f"{recipe}: checkpoint not found for member(s) {', '.join(missing)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides = launcher_rank(flag_overrides(args, EnsembleConfig))  # torchrun / SLURM / plain env vars
     try:
         cfg = load_ensemble(args.ensemble, overrides)
-        require_checkpoints(cfg, args.ensemble)
         require_inputs(args.data_root, ("train", "test"), args.train_csv)  # index/ is optional (recognition only)
         neighbours = run_ensemble(cfg, args.data_root, args.workdir, args.train_csv, args.reuse_from)
     except (RecipeError, DataError) as exc:
