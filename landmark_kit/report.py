@@ -6,7 +6,9 @@ tuning tables with their intervals, the demo table), training curves, query grid
 queries with their top retrieved index images, green = same landmark, red = not), the highest-scoring
 non-landmark queries with their nearest train images, local-match views (RANSAC inlier correspondences of
 verified pairs), cleaning examples (kept vs removed images per label), a t-SNE map of the train descriptors
-coloured by landmark with non-landmark test images in grey, and the index-growth curve.
+coloured by landmark with non-landmark test images in grey, a UMAP map beside it of the 10 landmarks with the
+most train images (up to 50 images each, the sampling of the GE2E landmark paper) coloured by landmark, and the
+index-growth curve.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class ReportConfig:
     matches: int = 4  # verified pairs drawn with their inliers
     labels: int = 6  # labels shown with kept and removed images
     embed: int = 1500  # train images in the t-SNE map (a sample beyond that)
+    umap_landmarks: int = 10  # landmarks in the UMAP map: those with the most train images
+    umap_per_landmark: int = 50  # train images per landmark in the UMAP map (a seeded sample beyond that)
     tile: int = 112
     seed: int = 0
 
@@ -301,6 +305,53 @@ def _embedding(report: Report, run: Path, data_root: Path, train_csv: Path, cfg:
     report.add("Embedding map (t-SNE of the ensemble descriptors)",
                report.image(report.out / "embedding.png", f"{len(keep)} train images coloured by landmark, "
                                                          f"{int((c == -1).sum())} non-landmark test images grey"))
+    _umap_map(report, np.asarray(train, np.float32), labels, cfg)
+
+
+def umap_sample(labels, landmarks: int = 10, per_landmark: int = 50, seed: int = 0) -> np.ndarray:
+    """Indices into ``labels`` for the UMAP map: the ``landmarks`` labels with the most images (ties: the
+    smaller label first), up to ``per_landmark`` images of each (a seeded sample beyond that), grouped by
+    label in that order and ascending within a label."""
+    labels = np.asarray(labels)
+    values, counts = np.unique(labels, return_counts=True)
+    chosen = values[np.lexsort((values, -counts))[:landmarks]]
+    rng = np.random.default_rng(seed)
+    picks = [np.sort(rng.choice(idx, min(per_landmark, len(idx)), replace=False))
+             for idx in (np.flatnonzero(labels == v) for v in chosen)]
+    return np.concatenate(picks) if picks else np.zeros(0, np.int64)
+
+
+def _umap_map(report: Report, train: np.ndarray, labels: np.ndarray, cfg: ReportConfig) -> None:
+    """``umap.png``: UMAP (2-D) of the train descriptors of the largest landmarks, coloured by landmark."""
+    keep = umap_sample(labels, cfg.umap_landmarks, cfg.umap_per_landmark, cfg.seed)
+    if len(keep) < 4:  # too few points for a neighbour graph
+        return
+    import warnings
+
+    import matplotlib.pyplot as plt  # the Agg backend was chosen by _embedding
+    import umap  # lazy: importing it compiles numba code
+
+    x, c = train[keep], labels[keep]
+    with warnings.catch_warnings():  # "n_jobs overridden to 1 by setting random_state": wanted, deterministic
+        warnings.filterwarnings("ignore", message=".*random_state.*", category=UserWarning)
+        xy = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), random_state=cfg.seed).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab10")
+    _, first = np.unique(c, return_index=True)
+    for n, label in enumerate(c[np.sort(first)]):  # largest landmark first, as sampled
+        ax.scatter(*xy[c == label].T, s=12, color=cmap(n % 10), label=str(label))
+    ax.legend(title="landmark", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(report.out / "umap.png", dpi=100)
+    plt.close(fig)
+    n_labels = len(first)
+    report.add("Embedding map (UMAP of the largest landmarks)",
+               report.image(report.out / "umap.png",
+                            f"UMAP of the {n_labels} landmarks with the most train images, up to "
+                            f"{cfg.umap_per_landmark} images each ({len(keep)} images, the sampling of the GE2E "
+                            f"landmark paper), coloured by landmark"))
 
 
 def find_run(workdir: Path) -> Path | None:

@@ -85,3 +85,31 @@ def test_the_report_renders_in_headless_chromium(tiny_run, tiny_competition, tmp
     pixels = cv2.imread(str(shot))
     assert pixels is not None and pixels.shape[:2] == (2400, 1300)
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # text and pictures
+
+
+def test_the_report_has_a_umap_map_of_the_largest_landmarks(tiny_run, tiny_competition):
+    index = build_report(tiny_run, data_root=tiny_competition)
+    page = index.read_text()
+    assert 'src="umap.png"' in page and "up to 50 images each" in page
+    assert page.index("t-SNE") < page.index("UMAP")  # beside the t-SNE map, right after it
+    assert (index.parent / "umap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import cv2
+
+    pixels = cv2.imread(str(index.parent / "umap.png"))
+    assert pixels.shape[0] >= 400 and pixels.shape[1] >= 500 and pixels.std() > 10  # points and a legend
+
+
+def test_umap_sample_takes_up_to_50_images_of_the_10_largest_landmarks():
+    from landmark_kit.report import umap_sample
+
+    sizes = {label: 3 + 7 * label for label in range(14)}  # 3 .. 94 images; the largest are labels 4..13
+    sizes[20] = sizes[4]  # a tie with label 4 for the last place: the smaller label wins
+    labels = np.random.default_rng(1).permutation(np.repeat(list(sizes), list(sizes.values())))
+    keep = umap_sample(labels, 10, 50, seed=0)
+    chosen, counts = np.unique(labels[keep], return_counts=True)
+    assert chosen.tolist() == list(range(4, 14))
+    assert counts.tolist() == [min(50, sizes[label]) for label in range(4, 14)]
+    assert len(set(keep.tolist())) == len(keep)  # no image twice
+    assert np.array_equal(keep, umap_sample(labels, 10, 50, seed=0))  # seeded
+    assert not np.array_equal(keep, umap_sample(labels, 10, 50, seed=1))
+    assert len(umap_sample(labels[:0])) == 0
