@@ -4,7 +4,8 @@ Batches are grouped by aspect ratio (bucket shapes from ``sides``: long side ``m
 ``sides``; one side = square), augmented on the device (:mod:`landmark_kit.augment`); an optional final stage
 trains ``final_epochs`` more at ``final_sides`` with every BatchNorm frozen (eval mode: no running-stat
 updates). Runs under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on CUDA), each process taking
-every world-th batch.
+every world-th batch. The embedding heads (``triplet``, ``ge2e``) train on class-balanced batches instead:
+N landmarks x M images (``per_class``), every batch within one aspect bucket.
 
 One run directory holds everything: ``config.yaml`` (the resolved recipe), ``last.pt`` (written atomically
 every ``checkpoint_every`` steps and at each epoch end: model, head, optimizer, scheduler, scaler, position in
@@ -38,7 +39,7 @@ from .artifacts import DamagedArtifact, atomic_path, discard, intact, read_chunk
 from .augment import DeviceAugment
 from .data import ImageDataset, collate_skip_bad, image_path, read_train_csv, upright_size
 from .extract import ShapedDataset
-from .losses import MarginHead, dynamic_margins
+from .losses import EMBEDDING_KINDS, KINDS, MINING, GE2ELoss, MarginHead, TripletHead, WithAuxHead, dynamic_margins
 from .models import LandmarkNet, create_backbone, input_normalisation
 from .recipes import RecipeError, from_dict, load_recipe, save_recipe, to_dict
 
@@ -55,13 +56,18 @@ class TrainConfig:
     pretrained: bool = False  # with weights None: download from timm's hub (online only)
     dim: int = 512
     gem_p: float = 3.0
-    head: str = "arcface"  # arcface | cosface | subcenter (sub-center ArcFace) | softmax (linear layer)
+    head: str = "arcface"  # arcface | cosface | subcenter (sub-center ArcFace) | softmax | triplet | ge2e
     scale: float = 30.0
     margin: float = 0.3
     subcenters: int = 3  # k, for head subcenter
     dynamic_margin: bool = False  # per-class margins: n^-1/4 of the class's image count into [margin_min, max]
     margin_min: float = 0.05
     margin_max: float = 0.5
+    per_class: int = 4  # M images per landmark in the N x M batches of triplet / ge2e (N = batch_size / M)
+    triplet_margin: float = 0.1
+    mining: str = "batch-hard"  # triplet mining: batch-hard | semi-hard
+    aux_head: str | None = None  # with triplet / ge2e: also a margin head (arcface, ...) on the same embeddings
+    aux_weight: float = 0.5  # its cross-entropy's weight in the loss
     image_size: int = 128  # square side when ``sides`` is empty
     sides: list[int] = field(default_factory=list)  # aspect buckets, e.g. [352, 384, 448, 512]; one value = square
     epochs: int = 12
@@ -114,6 +120,15 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise RecipeError("nothing to train: epochs + final_epochs < 1")
     if cfg.batch_size < 2:
         raise RecipeError("batch_size must be >= 2 (BatchNorm)")
+    if cfg.head in EMBEDDING_KINDS:
+        if cfg.per_class < 2 or cfg.batch_size % cfg.per_class or cfg.batch_size // cfg.per_class < 2:
+            raise RecipeError(f"head {cfg.head} needs batch_size = N x per_class with N >= 2 landmarks and "
+                              f"per_class >= 2; found batch_size {cfg.batch_size}, per_class {cfg.per_class}")
+        if cfg.head == "triplet" and cfg.mining not in MINING:
+            raise RecipeError(f"unknown mining {cfg.mining!r}; choose one of {MINING}")
+    if cfg.aux_head is not None and (cfg.head not in EMBEDDING_KINDS or cfg.aux_head not in KINDS):
+        raise RecipeError(f"aux_head is a margin head ({', '.join(KINDS)}) beside a triplet or ge2e head; found "
+                          f"aux_head {cfg.aux_head!r} with head {cfg.head!r}")
     return cfg
 
 
@@ -147,6 +162,34 @@ def epoch_batches(buckets: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def balanced_batches(buckets: np.ndarray, labels: np.ndarray, per_class: int, classes: int, seed: int,
+                     epoch: int) -> list[list[int]]:
+    """One epoch's class-balanced batches: per aspect bucket, about (its images / batch size) batches (at least
+    one) of ``classes`` distinct labels drawn uniformly (all of the bucket's when fewer; a bucket with one label
+    gives none) x ``per_class`` images each, drawn with replacement only when the label has fewer in the bucket;
+    batches shuffled. A pure function of (seed, epoch), like :func:`epoch_batches`."""
+    rng = np.random.default_rng([seed, epoch, 26])
+    batches = []
+    for bucket in np.unique(buckets):
+        members = np.flatnonzero(buckets == bucket)
+        members = members[np.argsort(labels[members], kind="stable")]  # grouped by label: O(n log n), no label loop
+        pools = np.split(members, np.flatnonzero(np.diff(labels[members])) + 1)
+        if len(pools) < 2:
+            continue
+        for _ in range(max(1, round(len(members) / (classes * per_class)))):
+            chosen = rng.choice(len(pools), min(classes, len(pools)), replace=False)
+            batches.append([int(i) for c in chosen for i in rng.choice(pools[c], per_class,
+                                                                      replace=len(pools[c]) < per_class)])
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def make_batches(cfg: TrainConfig, buckets: np.ndarray, labels: np.ndarray, epoch: int) -> list[list[int]]:
+    """The epoch's batches for the configured head: N x M class-balanced for triplet / ge2e, plain otherwise."""
+    if cfg.head in EMBEDDING_KINDS:
+        return balanced_batches(buckets, labels, cfg.per_class, cfg.batch_size // cfg.per_class, cfg.seed, epoch)
+    return epoch_batches(buckets, cfg.batch_size, cfg.seed, epoch)
+
+
 def image_sizes(root, ids: list[str], cache: Path, write: bool = True) -> np.ndarray:
     """(width, height) after EXIF rotation of every train image, from file headers; cached in the run
     (written by one process only, ``write``)."""
@@ -165,16 +208,26 @@ def image_sizes(root, ids: list[str], cache: Path, write: bool = True) -> np.nda
 # ------------------------------------------------------------------------------------------- model
 
 
-def build_model(cfg: TrainConfig, counts: np.ndarray) -> tuple[LandmarkNet, MarginHead]:
-    """Backbone + neck and the head, its margins per class when ``dynamic_margin``."""
+def build_model(cfg: TrainConfig, counts: np.ndarray) -> tuple[LandmarkNet, nn.Module]:
+    """Backbone + neck and the head: a :class:`MarginHead` (margins per class when ``dynamic_margin``), or an
+    embedding loss (``triplet``, ``ge2e``) without class weights, with a weighted margin head when ``aux_head``."""
     backbone = create_backbone(cfg.model, cfg.weights, cfg.pretrained)
     net = LandmarkNet(backbone, cfg.dim, cfg.gem_p, len(counts) if cfg.local_head else 0, cfg.local_dim)
+    if cfg.head not in EMBEDDING_KINDS:
+        return net, margin_head(cfg, cfg.head, counts)
+    head = TripletHead(cfg.triplet_margin, cfg.mining) if cfg.head == "triplet" else GE2ELoss()
+    if cfg.aux_head is None:
+        return net, head
+    return net, WithAuxHead(head, margin_head(cfg, cfg.aux_head, counts), cfg.aux_weight)
+
+
+def margin_head(cfg: TrainConfig, kind: str, counts: np.ndarray) -> MarginHead:
+    """A ``kind`` margin head over every class, with the recipe's scale, margins and sub-centres."""
     margins = dynamic_margins(counts, cfg.margin_min, cfg.margin_max) if cfg.dynamic_margin else None
     try:
-        head = MarginHead(cfg.dim, len(counts), cfg.head, cfg.scale, cfg.margin, cfg.subcenters, margins)
+        return MarginHead(cfg.dim, len(counts), kind, cfg.scale, cfg.margin, cfg.subcenters, margins)
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
-    return net, head
 
 
 def freeze_stages(backbone: nn.Module, stages: int) -> list[nn.Module]:
@@ -198,24 +251,28 @@ def freeze_stages(backbone: nn.Module, stages: int) -> list[nn.Module]:
 
 class Trainable(nn.Module):
     """Network + head + device augmentation as one module (what DistributedDataParallel wraps):
-    uint8 images and labels in, (loss, logits) out."""
+    uint8 images and labels in, (loss, number of images classified right) out."""
 
-    def __init__(self, net: LandmarkNet, head: MarginHead, augment: DeviceAugment, cfg: TrainConfig) -> None:
+    def __init__(self, net: LandmarkNet, head: nn.Module, augment: DeviceAugment, cfg: TrainConfig) -> None:
         super().__init__()
         self.net, self.head, self.augment, self.cfg = net, head, augment, cfg
         self.criterion = nn.CrossEntropyLoss()
 
+    def objective(self, embedding: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's loss and hit count (embedding heads: their own; margin heads: cross-entropy, argmax)."""
+        if not isinstance(self.head, MarginHead):
+            return self.head(embedding, labels)
+        logits = self.head(embedding, labels)
+        return self.criterion(logits, labels), (logits.argmax(1) == labels).sum()
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.augment(images)
         if self.net.local is None:
-            logits = self.head(self.net(x), labels)
-            return self.criterion(logits, labels), logits
+            return self.objective(self.net(x), labels)
         embedding, fmap = self.net.forward_with_local(x)
-        logits = self.head(embedding, labels)
+        loss, correct = self.objective(embedding, labels)
         attention, reconstruction = self.net.local.losses(fmap, labels)
-        loss = (self.criterion(logits, labels) + self.cfg.attention_weight * attention
-                + self.cfg.reconstruction_weight * reconstruction)
-        return loss, logits
+        return loss + self.cfg.attention_weight * attention + self.cfg.reconstruction_weight * reconstruction, correct
 
 
 CHECKPOINT_HINT = "rerun stage 02 on its run directory (it writes model.pt again from last.pt) or copy it again"
@@ -463,7 +520,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
          {"params": neck + list(head.parameters()), "lr": cfg.lr * cfg.head_lr_mult}],
         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
     )
-    per_epoch = [len(epoch_batches(assign_buckets(sizes, s)[0], cfg.batch_size, cfg.seed, e)) // world.size
+    train_labels = targets_np[train_pos]
+    per_epoch = [len(make_batches(cfg, assign_buckets(sizes, s)[0], train_labels, e)) // world.size
                  for e, s in enumerate(stage_sides)]
     if min(per_epoch) < 1:
         raise RecipeError(f"{len(train_pos)} train images give no batch per process ({world.size} processes)")
@@ -511,7 +569,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
         final_stage = epoch >= cfg.epochs
         buckets, shapes = assign_buckets(sizes, stage_sides[epoch])
         dataset = ShapedDataset(base, [shapes[b] for b in buckets])
-        batches = epoch_batches(buckets, cfg.batch_size, cfg.seed, epoch)
+        batches = make_batches(cfg, buckets, train_labels, epoch)
         mine = batches[world.rank::world.size][: per_epoch[epoch]]
         loader = DataLoader(dataset, batch_sampler=mine[step:], num_workers=cfg.workers,
                             collate_fn=collate_skip_bad, pin_memory=device.type == "cuda",
@@ -537,7 +595,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
                 images = images.to(device, non_blocking=True)
                 labels = targets[train_pos[positions.numpy()]].to(device)
                 with torch.autocast(device.type, enabled=use_amp):
-                    loss, logits = model(images, labels)
+                    loss, correct = model(images, labels)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip > 0:
@@ -548,7 +606,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
                 scaler.update()
                 acc["seen"] += len(images)
                 acc["loss"] += float(loss.detach()) * len(images)
-                acc["correct"] += int((logits.argmax(1) == labels).sum())
+                acc["correct"] += int(correct)
             scheduler.step()
             now = time.perf_counter()
             acc["seconds"] += now - tick

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Stage 02: train a backbone with GeM + FC/BN neck + ArcFace / CosFace / sub-center ArcFace / softmax head.
+"""Stage 02: train a backbone with GeM + FC/BN neck + ArcFace / CosFace / sub-center ArcFace / softmax head,
+or a triplet / GE2E embedding loss on N landmarks x M images batches (--head triplet|ge2e, --per-class M).
 
   python stages/02_train.py --data-root runs/demo/synthetic --workdir runs/train/lite0 [--recipe R.yaml]
                             [--model tf_efficientnet_lite0 --epochs 5 --image-size 224 ...]
