@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scoring.py
+
+# GPU boxes: faiss's CUDA 12 build in place of faiss-cpu (requirements-gpu.txt), then every GPU figure in one run.
+gpu: $(STAMP)
+	$(PY) -m pip uninstall --quiet -y faiss-cpu
+	$(PY) -m pip install --quiet -r requirements-gpu.txt
+
+gpu-check: gpu
+	$(PY) benchmarks/gpu_check.py --record
 
 clean:
 	rm -rf runs .pytest_cache

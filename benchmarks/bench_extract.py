@@ -1,8 +1,8 @@
 """Descriptor extraction (``describe_split``: DataLoader workers decode JPEGs into uint8 tensors while the model
 runs; scaling, normalisation and float16 autocast on the device) against the bare model forward, measured in one
 run. The limit runs the same wrapped model, under the same autocast and channels-last (NHWC) memory format, on
-uint8 batches already on the device (the NCHW forward is timed too: ``nhwc_speedup``), so the ratio is the share of the model's speed that decoding, transfer and bookkeeping leave. Target >= 0.9
-(issue 6). ``--images`` larger than the split cycles its ids, so worker start-up is amortised as in a real pass.
+uint8 batches already on the device (the NCHW forward is timed too: ``nhwc_speedup``), so the ratio is the share of the model's speed that decoding, transfer and bookkeeping leave. Target >= 0.9.
+``--images`` larger than the split cycles its ids, so worker start-up is amortised as in a real pass.
 
     python benchmarks/bench_extract.py [--data runs/demo/synthetic --images 256 --size 224 --workers 2]
 
@@ -23,11 +23,12 @@ from landmark_kit.data import ImageDataset
 from landmark_kit.extract import MultiScale, describe_split, square_transform
 from landmark_kit.models import GlobalDescriptor, create_backbone, input_normalisation
 from landmark_kit.synthetic import SyntheticConfig, generate
-from landmark_kit.train import resolve_device
+from landmark_kit.checkpoint import resolve_device
 
 
 COLUMNS = {
-    "device": "device", "model, size, scales": lambda r: f"{r['model']}, {r['size']}, {r['scales']}",
+    "device": "device",
+    "model, size, scales": lambda r: f"{r['model']}, {r['size']}{' aspect' if r.get('aspect') else ''}, {r['scales']}",
     "decode": "decode", "images": "images", "workers": "workers", "layout": lambda r: r.get("layout", "NHWC"),
     "bare forward img/s": "bare_forward_img_per_s", "extraction img/s": "extract_img_per_s", "ratio": "ratio",
 }
@@ -46,7 +47,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                    help="multi-scale TTA as in an ensemble member, e.g. 0.75 1 1.25 (seed 003)")
+                    help="multi-scale TTA as in an ensemble member, e.g. 0.75 1 1.25 (smlyaka 2019)")
+    ap.add_argument("--aspect", action="store_true",
+                    help="aspect-ratio buckets of about size x size pixels (the bare forward stays square)")
     ap.add_argument("--decode", default="auto", choices=["auto", "cpu", "device"],
                     help="where JPEGs are decoded: loader workers, or the model's device (nvjpeg on CUDA)")
     ap.add_argument("--model", default="tf_efficientnet_lite0",
@@ -84,9 +87,9 @@ def main() -> None:
     bare = forward_rate(torch.channels_last)  # the limit: describe_split runs NHWC too
     start = time.perf_counter()
     describe_split(model, data, "train", ids, args.size, args.batch_size, args.workers, str(device), args.scales,
-                   decode=args.decode)
+                   aspect=args.aspect, decode=args.decode)
     full = len(ids) / (time.perf_counter() - start)
-    result = {"model": args.model, "images": len(ids), "size": args.size, "scales": args.scales,
+    result = {"model": args.model, "images": len(ids), "size": args.size, "aspect": args.aspect, "scales": args.scales,
               "batch_size": args.batch_size, "workers": args.workers, "decode": args.decode,
               "device": str(device), "nchw_forward_img_per_s": round(nchw, 1), "layout": "NHWC",
               "bare_forward_img_per_s": round(bare, 1), "nhwc_speedup": round(bare / nchw, 2),

@@ -1,4 +1,4 @@
-"""Peak memory at GLDv2-like sizes (issue 16), each job in its own process: its peak resident set from
+"""Peak memory at GLDv2-like sizes, each job in its own process: its peak resident set from
 ``wait4`` (the largest single process of its tree) and the sampled peaks of its anonymous memory and its
 file-backed pages (memory-mapped stores: page cache the kernel can drop), next to the sizes that bound them.
 

@@ -1,7 +1,7 @@
 """Scoring speed at competition size: a 120k-row recognition and a 120k x 100 retrieval submission.
 
 Reports seconds per track and the ratio to reading the same file with pandas (the I/O floor measured in
-the same run). Requirement (issue 3): each track scores in < 10 s on the 2-core dev machine.
+the same run). Requirement: each track scores in < 10 s on the 2-core dev machine.
 
     python benchmarks/bench_scoring.py [--queries 120000 --index 760000 --out /tmp/bench_scoring] [--record]
 

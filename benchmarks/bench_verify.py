@@ -2,7 +2,7 @@
 
 The limit is measured in the same run: matching + RANSAC called in a plain loop in one process gives
 seconds per pair; W workers can at best do W / that. Reported: pairs/s of both and their ratio (target
->= 0.8, issue 5). With ``--device cuda`` matching is batched on the GPU and only RANSAC runs in the W
+>= 0.8). With ``--device cuda`` matching is batched on the GPU and only RANSAC runs in the W
 workers; its "ratio" is then the speed-up over that CPU limit. Uses the train split of a synthetic
 competition (generated if missing).
 

@@ -1,4 +1,4 @@
-"""Will seed 003's six-member ensemble fit a Kaggle kernel? ``kaggle estimate`` for the 2019 / 2020 / 2021
+"""Will smlyaka 2019's six-member ensemble fit a Kaggle kernel? ``kaggle estimate`` for the 2019 / 2020 / 2021
 competition sizes from one rates file, as the tables in kernels/README.md and docs/kaggle.md.
 
     python benchmarks/kaggle_estimates.py [--rates benchmarks/results/rates-smlyaka2019-shape-2core.yaml]
@@ -18,8 +18,8 @@ from pathlib import Path
 from landmark_kit.artifacts import write_text
 from landmark_kit.ensemble import load_ensemble
 from landmark_kit.estimate import ensemble_dim, estimate, load_rates, steps_table
+from landmark_kit.ledger import markdown_table
 from landmark_kit.predict import PredictConfig, check_config
-from landmark_kit.readme import markdown_table
 from landmark_kit.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

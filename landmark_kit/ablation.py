@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import write_text
-from .data import atomic_write_csv
-from .intervals import Bootstrap, format_delta
-from .readme import machine
+from .artifacts import atomic_write_csv, write_text
 from .ensemble import load_ensemble, load_features
+from .intervals import Bootstrap, format_delta
+from .ledger import machine
 from .predict import PredictConfig, RunData, load_run, recognition_steps, retrieval_steps
 from .recognition import nearest_neighbour_labels
 from .retrieval import neighbour_lists
@@ -120,8 +119,19 @@ def _timed(steps):
 def ablate(data_root, workdir, cfg: PredictConfig, recognition_solution, retrieval_solution, out_dir,
            train_csv=None, submission_dir=None, resamples: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Score every step of both chains of ``cfg`` on a finished stage-03 run; writes ``<track>.csv`` and
-    ``<track>.md`` tables into ``out_dir`` and returns them. With ``submission_dir`` the last step of each
-    chain is also written there as the submission (what :func:`~landmark_kit.predict.predict` would write)."""
+    ``<track>.md`` tables into ``out_dir`` and returns them.
+
+    Args:
+        data_root: the Kaggle-layout competition the run searched.
+        workdir: the stage-03 run directory.
+        cfg: the stage-04 recipe whose steps are scored one by one.
+        recognition_solution: the recognition solution CSV; retrieval_solution: the retrieval one.
+        out_dir: receives the tables.
+        train_csv: labelled train list; default ``<data_root>/train.csv``.
+        submission_dir: also write the last step of each chain there as the submission (what
+            :func:`~landmark_kit.predict.predict` would write).
+        resamples: paired-bootstrap resamples of the test queries; seed: their seed.
+    """
     out_dir = Path(out_dir)
     run = load_run(data_root, workdir, train_csv)
     solutions = read_solution(recognition_solution), read_solution(retrieval_solution)

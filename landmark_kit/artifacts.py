@@ -11,9 +11,12 @@ import shutil
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a CSV through a temporary file and rename it, so a crash never leaves half a file."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:

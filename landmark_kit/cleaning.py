@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .artifacts import atomic_path, intact, part_path, parts, read_chunks, save_part, write_text
-from .data import atomic_write_csv, read_train_csv
+from .artifacts import atomic_path, atomic_write_csv, intact, part_path, parts, read_chunks, save_part, write_text
+from .data import read_train_csv
 from .ensemble import extract_member, load_ensemble, load_features, member_identity, skipped_images
 from .local import FeatureStore, LocalConfig, extract_local
 from .recipes import config_digest, recipe_field, save_recipe, to_dict
@@ -222,10 +222,16 @@ def _removed_montage(removed: pd.DataFrame, data_root, path: Path, tile: int = 1
 def clean(cfg: CleanConfig, data_root, out_dir, workdir=None, train_csv=None) -> dict:
     """Run the whole cleaning into ``out_dir``; returns the report (also ``report.json``).
 
-    ``workdir`` holds the reusable intermediates in the stage-03 layout (``features/<member>/``, plus
-    ``local/``); default ``out_dir/work``. Pointing it at a stage-03 run directory of the same member reuses
-    that run's train descriptors. With ``world_size`` > 1 each rank verifies every world_size-th pair into its own
-    resumable ``pairs_<digest>_rank*/`` folder; whichever rank finds all of them complete merges and decides.
+    With ``world_size`` > 1 each rank verifies every world_size-th pair into its own resumable
+    ``pairs_<digest>_rank*/`` folder; whichever rank finds all of them complete merges and decides.
+
+    Args:
+        cfg: the cleaning recipe (ensemble, k, verification and keep thresholds).
+        data_root: a Kaggle-layout competition folder.
+        out_dir: receives ``train_clean.csv``, the per-image / per-label tables, plots and ``report.json``.
+        workdir: the reusable intermediates in the stage-03 layout (``features/<member>/``, ``local/``);
+            default ``out_dir/work``; a stage-03 run directory of the same member lends its train descriptors.
+        train_csv: the list to clean; default ``<data_root>/train.csv``.
     """
     out = Path(out_dir)
     work = Path(workdir) if workdir else out / "work"

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .artifacts import DamagedArtifact, DataError, atomic_path  # noqa: F401  (both importable from here)
+from .artifacts import DamagedArtifact, DataError, atomic_path, atomic_write_csv  # noqa: F401  (importable from here)
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test", "index")
@@ -193,12 +193,6 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
 def write_train_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``id,landmark_id`` atomically."""
     atomic_write_csv(df[["id", "landmark_id"]], path)
-
-
-def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a CSV through a temporary file and rename it, so a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
 
 
 def upright_size(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -5,7 +5,7 @@ baseline, EfficientNet-Lite0 with random weights, the same with ImageNet weights
 fine-tuned on the raw (noisy) train list, the same recipe fine-tuned on the cleaned list for the same
 number of optimizer steps, and the two-member ensemble (`ensembles/synthetic-ensemble.yaml`) of the
 last model with the zero-shot one. Then stage 04's post-processing chain (`submissions/full.yaml`) step by
-step on that ensemble: two tables shaped like seed 003's Tables 3 and 4. Every step resumes: a second run
+step on that ensemble: two tables shaped like smlyaka 2019's Tables 3 and 4. Every step resumes: a second run
 reuses what the first one finished. Last, the run report (``landmark_kit.report``) is written and its path
 printed.
 
@@ -30,8 +30,8 @@ from .artifacts import write_text
 from .data import read_train_csv, scan_split
 from .ensemble import load_ensemble, run_ensemble
 from .intervals import Bootstrap, format_delta
+from .ledger import machine, markdown_table
 from .predict import PredictConfig, predict
-from .readme import machine, markdown_table
 from .recipes import load_recipe
 from .report import build_report
 from .scoring import score_files
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows))
     for track, caption in (("recognition", "Table 4 (recognition, GAP)"),
                            ("retrieval", "Table 3 (retrieval, mAP@100)")):
-        print(f"\nstage 04 step by step on the ensemble, like seed 003's {caption}; submissions/full.yaml")
+        print(f"\nstage 04 step by step on the ensemble, like smlyaka 2019's {caption}; submissions/full.yaml")
         print(format_markdown(tables[track], track), end="")
     print(f"\nrun report (python -m landmark_kit.report --workdir {workdir}): {build_report(workdir)}")
 

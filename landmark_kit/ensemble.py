@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import DamagedArtifact, atomic_path, discard, load_npy, npy_shape, write_text
-from .data import ImageSource, atomic_write_csv, split_ids
+from .artifacts import DamagedArtifact, atomic_path, atomic_write_csv, discard, load_npy, npy_shape, write_text
+from .checkpoint import load_trained, resolve_device
+from .data import ImageSource, split_ids
 from .extract import DECODE_MODES, describe_split_members
 from .models import Describer, GlobalDescriptor, create_backbone
 from .recipes import RecipeError, config_digest, load_recipe, save_recipe, to_dict
 from .search import knn
-from .train import load_trained, resolve_device
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test", "index")
@@ -447,11 +447,17 @@ def neighbours_ready(cfg: EnsembleConfig, workdir) -> bool:
 
 def run_ensemble(cfg: EnsembleConfig, data_root, workdir, train_csv=None, reuse_from=()) -> dict[str, Path]:
     """The whole stage: extract every member, concatenate, search; returns the neighbour files.
-    ``reuse_from``: other run directories whose descriptors of identical members are taken instead of
-    re-extracted (:func:`reuse_features`).
 
     With ``world_size`` > 1 each rank extracts its slice; a rank that finds other ranks' parts still missing
     returns ``{}``, and the last one to finish merges, concatenates and searches.
+
+    Args:
+        cfg: the ensemble recipe (members, weights, search settings).
+        data_root: a Kaggle-layout competition folder.
+        workdir: the run directory (layout in this module's docstring).
+        train_csv: labelled train list; default ``<data_root>/train.csv``.
+        reuse_from: other run directories whose descriptors of identical members are taken instead of
+            re-extracted (:func:`reuse_features`).
     """
     workdir = Path(workdir)
     require_checkpoints(cfg)

@@ -78,13 +78,13 @@ def measure(ensemble, recipe, sample_root: Path, split: str = "test", images: in
     ``sample_root/<split>``."""
     from torch.utils.data import DataLoader
 
+    from .checkpoint import resolve_device
     from .data import ImageDataset, collate_skip_bad, scan_split
     from .ensemble import build_member
     from .extract import member_tta, square_transform
     from .local import extract_local
-    from .readme import machine
+    from .ledger import machine
     from .search import knn
-    from .train import resolve_device
     from .verify import verify_pairs
 
     ids = scan_split(sample_root, split)[:images]
@@ -154,6 +154,14 @@ def estimate(ensemble, recipe, rates: Rates, test: int, index: int, train: int, 
     rows.append({"step": f"exact search ({searched})",
                  "work": f"{search / 1e12:,.1f} TFLOP", "rate": f"{_show(rates.search_gflops)} GFLOP/s",
                  "hours": search / (rates.search_gflops * 1e9) / 3600})
+    global_rerank = [(name, min(top, index)) for name, top in (("k-reciprocal", recipe.kreciprocal),
+                                                               ("SuperGlobal", recipe.superglobal))
+                     if top > 0 and index]
+    if global_rerank:  # similarities within each query's shortlist, then small weighted sums
+        flops = sum(2 * test * (top + 1) ** 2 * dim for _, top in global_rerank)
+        rows.append({"step": f"global re-ranking ({', '.join(f'{n} of top {t}' for n, t in global_rerank)})",
+                     "work": f"{flops / 1e12:,.2f} TFLOP", "rate": f"{_show(rates.search_gflops)} GFLOP/s",
+                     "hours": flops / (rates.search_gflops * 1e9) / 3600})
     shortlist, rerank = min(recipe.verify_shortlist, train), min(recipe.local_rerank, index)
     pairs = test * (shortlist + rerank)
     if pairs:
@@ -170,7 +178,7 @@ def estimate(ensemble, recipe, rates: Rates, test: int, index: int, train: int, 
 
 def steps_table(rows: list[dict]) -> str:
     """The estimate's rows (from :func:`estimate`) as a markdown table."""
-    from .readme import markdown_table
+    from .ledger import markdown_table
 
     return markdown_table([{"step": r["step"], "work": r["work"], "rate": r["rate"],
                             "hours": f"{r['hours']:.2f}" + (f" - fits: {r['fits']}" if "fits" in r else "")}

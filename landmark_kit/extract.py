@@ -347,13 +347,21 @@ def describe_split(
     aspect: bool = False,
     decode: str = "auto",
 ) -> tuple[np.ndarray, list[Failure]]:
-    """L2-normalised global descriptors of one split with a backbone's own input normalisation,
-    averaged over ``scales`` (multiples of ``size``) and optional flips. ``aspect`` keeps each image's
-    aspect ratio (7 buckets of about ``size`` x ``size`` pixels, batches drawn per bucket) instead of squashing
-    it into a square. ``decode``: ``cpu`` (DataLoader workers decode with PIL), ``device`` (workers only read
-    files; plain JPEGs are decoded on the model's device, nvjpeg on CUDA) or ``auto``: device on CUDA with
-    fewer than 8 workers, where nvjpeg's ~2100 img/s (H100 box, 320-448 px photos) beats the workers' ~185
-    img/s each; cpu otherwise (15 workers decoded 3390 img/s there)."""
+    """L2-normalised global descriptors of one split with a backbone's own input normalisation, and the images
+    skipped as unreadable.
+
+    Args:
+        model: maps a normalised image batch to descriptors (a ``Describer``, a ``GlobalDescriptor``).
+        root: a Kaggle-layout competition folder; split: ``train``, ``test`` or ``index``; ids: its images.
+        size: input side; scales: multiples of it, descriptors averaged over them; flip: also average flips.
+        batch_size, workers, device, amp: batching, DataLoader workers, where the model runs, float16 on CUDA.
+        aspect: keep each image's aspect ratio (7 buckets of about ``size`` x ``size`` pixels, batches drawn per
+            bucket) instead of squashing it into a square.
+        decode: ``cpu`` (DataLoader workers decode with PIL), ``device`` (workers only read files; plain JPEGs
+            are decoded on the model's device, nvjpeg on CUDA) or ``auto``: device on CUDA with fewer than 8
+            workers, where nvjpeg's ~2100 img/s (H100, 320-448 px photos) beats the workers' ~185 img/s each;
+            cpu otherwise (15 workers decoded 3390 img/s there).
+    """
     feats, failures = describe_split_members([(model, size, tuple(scales), flip)], root, split, ids, batch_size,
                                              workers, device, amp, aspect, decode)
     return feats[0], failures

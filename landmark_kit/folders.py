@@ -104,7 +104,7 @@ def plan_split(names: list[str], half: str = "first") -> pd.DataFrame:
     return plan_items([(n, _flat_label(n)) for n in names], half)
 
 
-def _write_jpeg(src: Path, dst: Path) -> None:
+def write_jpeg(src: Path, dst: Path) -> None:
     """Copy a JPEG as is (the loader applies EXIF rotation and converts grayscale / CMYK when it reads);
     re-encode anything else (PNG, WebP, ...) as an RGB JPEG."""
     data = src.read_bytes()
@@ -132,7 +132,7 @@ def build(src: str | os.PathLike, out: str | os.PathLike, half: str = "first", s
         raise DataError(f"{src}: no landmark photos, only distractors")
     label_of = {name: i for i, name in enumerate(landmarks)}
     for row in plan.drop_duplicates(["file", "split"]).itertuples():
-        _write_jpeg(src / row.file, image_path(out, row.split, row.id))
+        write_jpeg(src / row.file, image_path(out, row.split, row.id))
     plan["landmark_id"] = [label_of.get(x, -1) for x in plan["landmark"]]
     atomic_write_csv(plan, out / "ground_truth.csv")
     atomic_write_csv(plan[plan.split == "train"][["id", "landmark_id"]], out / "train.csv")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .artifacts import write_text
-from .data import DataError, atomic_write_csv, image_path, read_csv_str, read_train_csv, scan_split
+from .artifacts import atomic_write_csv, write_text
+from .data import DataError, image_path, read_csv_str, read_train_csv, scan_split
 from .download import (DownloadConfig, DownloadError, bytes_to_fetch, extract, fetch, file_md5, parse_range,
                        Tally, run_archives)
 

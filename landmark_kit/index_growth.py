@@ -1,4 +1,4 @@
-"""mAP@100 as the retrieval index grows with distractors (seed 002's curve), on a synthetic competition.
+"""mAP@100 as the retrieval index grows with distractors (as in the GE2E / ArcFace landmark-retrieval study), on a synthetic competition.
 
 Every index positive stays; the index distractors (known from ``ground_truth.csv``) are added in growing,
 nested random subsets, and each subset is searched and scored exactly like a submission. Writes
@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import write_text
-from .data import atomic_write_csv
+from .artifacts import atomic_write_csv, write_text
 from .ensemble import load_ensemble, load_features, run_ensemble
+from .ledger import machine
 from .metrics import retrieval_metrics
-from .readme import machine
 from .search import knn
 from .submission import read_solution
 

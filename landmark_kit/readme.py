@@ -9,52 +9,20 @@ A block in a markdown file looks like::
 ``python -m landmark_kit.readme [README.md ...]`` replaces each block's body with the current content of the
 file it names (a path relative to the repository root), so tables in the README are always those a script
 wrote from a run; a named file that does not exist is an error naming the block. Scripts that write such
-files head them with :func:`machine` so the reader knows where the figures come from.
+files head them with :func:`landmark_kit.ledger.machine` so the reader knows where the figures come from.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 from pathlib import Path
 
 from .artifacts import write_text
+from .ledger import REPO, machine, markdown_table  # noqa: F401 (machine, markdown_table: re-exported)
 
-REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- generated from (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
-
-
-def machine() -> str:
-    """One line naming the machine a figure was measured on: CPU model, cores, GPU when present."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {len(os.sched_getaffinity(0))} cores usable"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            text += f", {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    return text
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """Rows of equal keys as a markdown table (the keys are the header); what generated blocks hold."""
-    if not rows:
-        return ""
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def refresh(markdown: str | os.PathLike, root: str | os.PathLike = REPO) -> int:

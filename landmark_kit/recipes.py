@@ -1,13 +1,15 @@
 """Typed recipes: small dataclasses read from / written to YAML, with unknown keys and wrong types refused.
 
 A recipe file holds only what differs from the defaults; the full resolved config is saved next to every
-artifact it produced, so a run can be reproduced from its own folder.
+artifact it produced, so a run can be reproduced from its own folder. Plug-ins that recipes name (local-feature
+backends, training heads) live in registries filled by :func:`add_plugin` and read by :func:`find_plugin`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -155,7 +157,13 @@ def read_recipe_fields(path: str | os.PathLike, _seen: tuple[Path, ...] = (), re
 
 def load_recipe(cls: type[T], path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults of ``cls``, updated by the YAML file at ``path`` (if any, with its ``extends`` chain), then by
-    ``overrides``."""
+    ``overrides``.
+
+    Args:
+        cls: the recipe dataclass (``TrainConfig``, ``EnsembleConfig``, ``PredictConfig``, ...).
+        path: a YAML file holding only what differs from the defaults; None for the defaults.
+        overrides: field values that win over the file (command-line flags).
+    """
     refs = frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("recipe"))
     data: dict[str, Any] = read_recipe_fields(path, refs=refs) if path is not None else {}
     data.update(overrides or {})
@@ -173,6 +181,30 @@ def config_digest(obj: Any, length: int = 10) -> str:
 def save_recipe(obj: Any, path: str | os.PathLike) -> Path:
     """Write the full resolved config as YAML, atomically."""
     return write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def add_plugin(registry: dict[str, Any], name: str, entry: Any, what: str) -> None:
+    """Register ``entry`` as ``name`` in a registry of plug-ins named by recipes (``what`` they are); once only."""
+    if name in registry:
+        raise ValueError(f"{what} {name!r} is registered twice")
+    registry[name] = entry
+
+
+def find_plugin(registry: dict[str, Any], name: str, what: str, module_prefix: str,
+                error: type[Exception] = ValueError) -> Any:
+    """``registry[name]``, importing the plug-in module ``<module_prefix>_<name>`` (``-`` as ``_``) first when
+    ``name`` is not registered yet; an unknown name is an ``error`` listing the registered ones."""
+    plugin = name.replace("-", "_")
+    module = f"{module_prefix}_{plugin}"
+    if name not in registry and f"_{plugin}".isidentifier():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    if name not in registry:
+        raise error(f"unknown {what} {name!r}; choose one of {sorted(registry)}")
+    return registry[name]
 
 
 def _parse_flag(text: str, hint: Any) -> Any:

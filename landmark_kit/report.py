@@ -28,6 +28,8 @@ from .data import ImageLoadError, image_path, load_image, read_train_csv
 from .montage import grid, thumbnail
 
 GREEN, RED, GREY = (40, 160, 60), (200, 40, 40), (150, 150, 150)
+LOG_HEADERS = {"img_s": "images/s", "lr": "learning rate", "val_gap": "validation GAP",
+               "val_map100": "validation mAP@100"}
 
 
 @dataclass
@@ -83,6 +85,37 @@ class Report:
         return write_text(self.out / "index.html", page)
 
 
+def number(value) -> str:
+    """A cell as the docs tables print it: scores to 4 decimals, larger figures to 1 or none, tiny ones (learning
+    rates) to 3 significant digits, integers with thousands separators, missing values empty."""
+    if value is None or isinstance(value, (float, np.floating)) and np.isnan(value):
+        return ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return str(value)
+    if isinstance(value, (int, np.integer)) or float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    value = float(value)
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.3g}"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table of already formatted cells; columns empty in every row are left out."""
+    keep = [n for n in range(len(header)) if any(n < len(r) and r[n].strip() for r in rows)] if rows else []
+    head = "".join(f"<th>{html.escape(header[n])}</th>" for n in keep)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(r[n]) if n < len(r) else ''}</td>" for n in keep) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def frame_html(frame: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
+    """A DataFrame as an HTML table: numbers rounded by :func:`number`, columns with no values left out."""
+    headers = headers or {}
+    rows = [[number(v) for v in row] for row in frame.itertuples(index=False)]
+    return html_table([headers.get(c, str(c).replace("_", " ")) for c in frame.columns], rows)
+
+
 def markdown_to_html(text: str) -> str:
     """Pipe tables and paragraphs of a generated markdown file as HTML (the kit's tables only need that)."""
     out, table = [], []
@@ -90,10 +123,8 @@ def markdown_to_html(text: str) -> str:
     def flush() -> None:
         if table:
             rows = [r for r in table if not set(r.replace("|", "").strip()) <= set("-: ")]
-            cells = [[html.escape(c.strip()) for c in r.strip().strip("|").split("|")] for r in rows]
-            head = "".join(f"<th>{c}</th>" for c in cells[0])
-            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            out.append(html_table(cells[0], cells[1:]))
             table.clear()
 
     for line in text.splitlines():
@@ -107,31 +138,41 @@ def markdown_to_html(text: str) -> str:
     return "".join(out)
 
 
+def _table_title(path: Path) -> str:
+    """A section title for a stage-04 ablation or tuning table, saying what it measures."""
+    if path.parent.parent.name == "ablation":
+        metric = {"recognition": "GAP", "retrieval": "mAP@100"}.get(path.stem, "score")
+        return f"Stage 04 step by step, {path.stem} ({metric}): recipe {path.parent.name}, each step's gain"
+    chosen = {"weights": "ensemble member weights", "recipe": "stage-04 steps"}.get(path.stem, path.stem)
+    return f"Tuning on a labelled folder: the {chosen} tried and kept"
+
+
 def _tables(report: Report, workdir: Path) -> None:
     """Every score table a stage wrote: demo, cleaning, training logs, ablation and tuning tables."""
     demo = workdir / "demo.md"
     if demo.is_file():
-        report.add("Demo scores", markdown_to_html(demo.read_text()))
+        report.add("Demo: recognition (GAP) and retrieval (mAP@100) of every model", markdown_to_html(demo.read_text()))
     for path in sorted(workdir.rglob("report.json")):
         if (path.parent / "per_image.csv").is_file():
             rep = json.loads(path.read_text())
             flat = {k: v for k, v in rep.items() if not isinstance(v, dict)}
             flat.update({f"{k}: {kk}": vv for k, v in rep.items() if isinstance(v, dict) for kk, vv in v.items()})
-            rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in flat.items())
+            rows = [[k.replace("_", " "), number(v)] for k, v in flat.items()]
             pics = "".join(report.image(report.copy(path.parent / n, f"clean-{path.parent.name}-{n}"), n)
                            for n in ("inliers.png", "removed.png") if (path.parent / n).is_file())
-            report.add(f"Cleaning: {path.parent.name}", f"<table>{rows}</table>{pics}")
+            report.add(f"Label cleaning (stage 01) {path.parent.name}: train images kept and removed",
+                       html_table(["measure", "value"], rows) + pics)
     for path in sorted(workdir.rglob("log.csv")):
-        log = pd.read_csv(path)
-        body = log.to_html(index=False, border=0)
+        body = frame_html(pd.read_csv(path), LOG_HEADERS)
         if (path.parent / "curves.png").is_file():
             body += report.image(report.copy(path.parent / "curves.png", f"curves-{path.parent.name}.png"),
                                  "training curves")
-        report.add(f"Training: {path.parent.name}", body)
+        report.add(f"Training (stage 02) {path.parent.name}: loss, accuracy and speed per epoch", body)
     for path in sorted([*workdir.rglob("ablation/*/*.md"), *workdir.rglob("tuning/*.md")]):
-        report.add(f"{path.parent.parent.name} / {path.parent.name} / {path.stem}", markdown_to_html(path.read_text()))
+        report.add(_table_title(path), markdown_to_html(path.read_text()))
     for path in sorted(workdir.rglob("*growth*.png")):
-        report.add("mAP@100 as the index grows", report.image(report.copy(path, f"growth-{path.name}")))
+        report.add("Retrieval mAP@100 as distractors are added to the index",
+                   report.image(report.copy(path, f"growth-{path.name}")))
 
 
 def _solutions(data_root: Path) -> tuple[dict, dict] | None:
@@ -177,9 +218,10 @@ def _query_grids(report: Report, run: Path, data_root: Path, cfg: ReportConfig) 
     if scored:
         sample = sorted(rng.choice(scored, min(cfg.queries, len(scored)), replace=False))
         worst = sorted(scored, key=lambda q: (order.get(q, 0), q))[: cfg.worst]
+        titles = {"sampled": "test queries drawn at random", "worst": "the test queries with the lowest AP@100"}
         for name, chosen in (("sampled", sample), ("worst", worst)):
             path = grid([row(q) for q in chosen], cfg.tile, report.out / f"queries-{name}.png")
-            report.add(f"Retrieval: {name} test queries",
+            report.add(f"Retrieval examples: {titles[name]}",
                        report.image(path, "query (grey) then its top index images: green = same landmark, "
                                           "red = not; numbers are cosine similarities; AP = AP@100"))
     with np.load(run / "neighbours" / "test_train.npz") as z:
@@ -193,7 +235,7 @@ def _query_grids(report: Report, run: Path, data_root: Path, cfg: ReportConfig) 
                         f"{train_scores[position[q], j]:.3f}")
                  for j in range(min(cfg.neighbours, train_idx.shape[1])) if train_idx[position[q], j] >= 0]
                 for q in top]
-        report.add("Highest-scoring non-landmark queries",
+        report.add("Recognition pitfalls: non-landmark photos that look most like a landmark",
                    report.image(grid(rows, cfg.tile, report.out / "distractors.png"),
                                 "non-landmark test queries whose nearest train images score highest: what a "
                                 "recognition submission must push down"))
@@ -244,7 +286,7 @@ def _match_views(report: Report, run: Path, data_root: Path, cfg: ReportConfig) 
         figures.append(report.image(path, f"test {p.query} - {p.split} {p.database}: {p.inliers} inliers "
                                           f"(stored), {len(src)} redrawn with the default matching"))
     if figures:
-        report.add("Local matches of verified pairs", "".join(figures))
+        report.add("Spatial verification: matched points between a test photo and an index photo", "".join(figures))
 
 
 def _cleaning_examples(report: Report, workdir: Path, data_root: Path, cfg: ReportConfig) -> None:
@@ -262,7 +304,7 @@ def _cleaning_examples(report: Report, workdir: Path, data_root: Path, cfg: Repo
                          for i, v in zip(removed["id"], removed["verified"])])
         if rows:
             path = grid(rows, cfg.tile, report.out / f"cleaning-{per_image.parent.name}.png")
-            report.add(f"Cleaning examples: {per_image.parent.name}",
+            report.add(f"Label cleaning examples ({per_image.parent.name}): kept and removed photos per landmark",
                        report.image(path, "per label: kept images (green) then removed ones (red); v = verified "
                                           "same-label neighbours"))
 
@@ -302,7 +344,7 @@ def _embedding(report: Report, run: Path, data_root: Path, train_csv: Path, cfg:
     fig.tight_layout()
     fig.savefig(report.out / "embedding.png", dpi=100)
     plt.close(fig)
-    report.add("Embedding map (t-SNE of the ensemble descriptors)",
+    report.add("Descriptor map (t-SNE): photos of one landmark should sit together",
                report.image(report.out / "embedding.png", f"{len(keep)} train images coloured by landmark, "
                                                          f"{int((c == -1).sum())} non-landmark test images grey"))
     _umap_map(report, np.asarray(train, np.float32), labels, cfg)
@@ -347,7 +389,7 @@ def _umap_map(report: Report, train: np.ndarray, labels: np.ndarray, cfg: Report
     fig.savefig(report.out / "umap.png", dpi=100)
     plt.close(fig)
     n_labels = len(first)
-    report.add("Embedding map (UMAP of the largest landmarks)",
+    report.add("Descriptor map (UMAP) of the landmarks with the most photos",
                report.image(report.out / "umap.png",
                             f"UMAP of the {n_labels} landmarks with the most train images, up to "
                             f"{cfg.umap_per_landmark} images each ({len(keep)} images, the sampling of the GE2E "
@@ -361,9 +403,16 @@ def find_run(workdir: Path) -> Path | None:
 
 
 def build_report(workdir, data_root=None, run=None, train_csv=None, cfg: ReportConfig | None = None) -> Path:
-    """Write ``<workdir>/report/index.html`` from what ``workdir`` holds; returns its path. ``data_root``
-    (default ``<workdir>/synthetic`` when present) is where the pictures come from; ``run`` the stage-03
-    run directory shown in the query grids, matches and map (default: the latest under ``workdir``)."""
+    """Write ``<workdir>/report/index.html`` from what ``workdir`` holds; returns its path.
+
+    Args:
+        workdir: the folder the stages wrote into; every table and figure found under it is shown.
+        data_root: where the pictures come from; default ``<workdir>/synthetic`` when present.
+        run: the stage-03 run directory of the query grids, matches and maps; default the latest under
+            ``workdir``.
+        train_csv: labels for the maps; default ``<data_root>/train.csv``.
+        cfg: how much of each section to show.
+    """
     cfg = cfg or ReportConfig()
     workdir = Path(workdir)
     data_root = Path(data_root) if data_root else (workdir / "synthetic" if (workdir / "synthetic").is_dir() else None)

@@ -16,18 +16,20 @@ def neighbour_lists(neighbours, index_ids: Sequence[str], k: int = 100) -> list[
 
 def discriminative_rerank(
     neighbours: np.ndarray, query_labels: np.ndarray, index_labels: np.ndarray, index_confidence: np.ndarray,
-    k: int = 100, append: bool = True,
+    k: int = 100, append: bool = True, own: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """smlyaka 2019 retrieval post-processing, on index positions: in each query's neighbour row, the index
     images whose predicted label equals the query's move ahead of the others (order kept inside both
     groups); with ``append``, index images of that label not yet retrieved follow them, most confident
-    first, and the list is cut at ``k``. Queries without a label (-1) keep their row."""
+    first, and the list is cut at ``k``. Queries without a label (-1) keep their row. ``own``: each query's own
+    index row (-1 none), never appended (every-photo-a-query tuning)."""
     by_label: dict[int, np.ndarray] = {}
     order = np.argsort(-index_confidence, kind="stable")
     for label in np.unique(query_labels[query_labels >= 0]):
         by_label[int(label)] = order[index_labels[order] == label]
     out = []
-    for row, label in zip(neighbours, query_labels):
+    own = np.full(len(query_labels), -1) if own is None else own
+    for row, label, mine in zip(neighbours, query_labels, own):
         row = row[row >= 0]
         if label < 0:
             out.append(row[:k])
@@ -36,7 +38,7 @@ def discriminative_rerank(
         parts = [row[same]]
         if append:
             extra = by_label[int(label)]
-            parts.append(extra[~np.isin(extra, row)])
+            parts.append(extra[~np.isin(extra, row) & (extra != mine)])
         parts.append(row[~same])
         out.append(np.concatenate(parts)[:k])
     return out
@@ -73,12 +75,17 @@ def query_expand(queries: np.ndarray, database: np.ndarray, scores: np.ndarray, 
                            rows[:, :k], alpha)
 
 
-def local_rerank(rows: np.ndarray, scores: np.ndarray, inliers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Seed 000's local-feature re-ranking: the first ``inliers.shape[1]`` neighbours of each row re-sorted by
-    similarity x sqrt(inliers) (stable), the rest kept behind them in their order. Returns the rows and their
-    similarities in the new order."""
+def local_rerank(rows: np.ndarray, scores: np.ndarray, inliers: np.ndarray, fusion: float = 0.0, half: float = 10.0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Local-feature re-ranking (blog post "Metric Learning for Landmark Image Recognition"): the first
+    ``inliers.shape[1]`` neighbours of each row re-sorted by similarity x sqrt(inliers) (stable), the rest kept
+    behind them in their order; with ``fusion`` > 0 by similarity + fusion x inliers / (inliers + half)
+    instead: the inlier bonus saturates (at most ``fusion``), so one noisy match count cannot overturn a
+    confident global ranking. Returns the rows and their similarities in the new order."""
     n = inliers.shape[1]
-    head = np.where(rows[:, :n] >= 0, scores[:, :n] * np.sqrt(np.maximum(inliers, 0)), -np.inf)
+    count = np.maximum(inliers, 0).astype(np.float64)
+    fused = scores[:, :n] + fusion * count / (count + max(half, 1e-9)) if fusion > 0 else scores[:, :n] * np.sqrt(count)
+    head = np.where(rows[:, :n] >= 0, fused, -np.inf)
     order = np.argsort(-head, axis=1, kind="stable")
     order = np.concatenate([order, np.broadcast_to(np.arange(n, rows.shape[1]), (len(rows), rows.shape[1] - n))], 1)
     return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)

@@ -45,11 +45,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import ledger
-from .artifacts import atomic_path, write_text
-from .data import DataError, ImageSource, atomic_write_csv, upright_size
+from .artifacts import atomic_path, atomic_write_csv, write_text
+from .data import DataError, ImageSource, upright_size
 from .ensemble import (EnsembleConfig, apply_whitening, concatenate, extract_members, fit_whitening, joined_features,
                        load_ensemble, load_features, neighbours_key, skipped_images)
-from .folders import _write_jpeg, collect
+from .folders import collect, write_jpeg
 from .predict import PredictConfig, check_config, shortlist_inliers
 from .recipes import load_recipe, save_recipe
 from .retrieval import database_augment, local_rerank, neighbour_lists, query_expand
@@ -336,7 +336,7 @@ def layout_from_folder(src, data_root, dataset: str = "roxford5k") -> dict:
         raise DataError(f"{src}: two photos differ only in their extension; rename one")
     folder, row = Path(data_root) / dataset, {key: n for n, key in enumerate(database)}
     for key in queries + database:
-        _write_jpeg(Path(src) / key, folder / "jpg" / f"{name[key]}.jpg")
+        write_jpeg(Path(src) / key, folder / "jpg" / f"{name[key]}.jpg")
     label_of = {keys[0]: label for label, keys in groups.items()}
     gnd = []
     for query in queries:

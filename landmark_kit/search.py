@@ -1,22 +1,35 @@
 """k-nearest-neighbour search by inner product, exact or approximate, in bounded memory.
 
-``index="Flat"`` is exact. Its default backend is a blocked torch matrix product + top-k (CUDA when present):
-on the 2-core dev machine that runs at ~160 GFLOP/s where the faiss-cpu wheel's flat index reaches ~50
-(``benchmarks/bench_search.py``); ``backend="faiss"`` uses faiss's flat index instead (all GPUs with
-faiss-gpu). Any other faiss factory string (``"IVF1024,PQ64"``, ``"IVF4096,Flat"``, ...) builds an
-approximate faiss index trained on (a sample of) the database and searched with ``nprobe`` lists, for
-databases that do not fit in memory as float32.
+``index="Flat"`` is exact, by one of two backends: a blocked torch matrix product + top-k (CUDA when present)
+or faiss's flat index (all GPUs with faiss-gpu, see requirements-gpu.txt). Which is faster depends on the
+machine and its BLAS (``benchmarks/bench_search.py``: faiss-cpu's flat index ran at 0.24 of the product on
+one 2-core host and 1.05 on another), so ``backend="auto"`` (the default) takes a recorded choice from
+``$LANDMARK_KIT_SEARCH_BACKEND`` or measures both once per process on a sample of the first large search.
+Any other faiss factory string (``"IVF1024,PQ64"``, ``"IVF4096,Flat"``, ...) builds an approximate faiss index
+trained on (a sample of) the database and searched with ``nprobe`` lists, for databases that do not fit in
+memory as float32.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import time
+from typing import Callable
 
 import numpy as np
 import torch
 
+from .recipes import add_plugin
+
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines list every missing SIMD build
+log = logging.getLogger(__name__)
 RESIDENT_BYTES = 4 << 30  # exact search keeps a float32 database up to this size in memory, streams beyond
+BACKEND_ENV = "LANDMARK_KIT_SEARCH_BACKEND"  # torch or faiss: a recorded choice instead of the measurement
+MEASURE_ABOVE = 2e10  # FLOP of a search (2 Q N D) from which "auto" measures; smaller ones take torch
+FAISS_MARGIN = 1.25  # faiss is chosen only when this much faster: a near tie keeps the default path
+_chosen: dict[str, str] = {}  # device -> backend measured in this process
 
 
 def _index(dim: int, use_gpu: bool | None, spec: str = "Flat"):
@@ -67,26 +80,16 @@ def _torch_flat(queries: np.ndarray, database: np.ndarray, k: int, use_gpu: bool
     return scores, ids
 
 
-def knn(
-    queries: np.ndarray, database: np.ndarray, k: int, chunk: int = 65536, use_gpu: bool | None = None,
-    index: str = "Flat", nprobe: int = 16, train_size: int = 262144, seed: int = 0, backend: str = "torch",
-    resident_bytes: int = RESIDENT_BYTES,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` database rows by inner product for every query: (scores, indices), each ``(Q, k)``.
+def _faiss_flat(queries: np.ndarray, database: np.ndarray, k: int, use_gpu: bool | None) -> None:
+    index = _index(database.shape[1], use_gpu)
+    index.add(np.ascontiguousarray(database, dtype=np.float32))
+    index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
-    With fewer than ``k`` database rows the extra columns hold index -1 and a very low score (faiss's padding).
-    Queries are searched and the database added in chunks (a float16 memory-map is converted chunk by chunk),
-    so memory stays bounded for 100k+ queries; with a compressed index the float32 database never exists. The
-    exact torch search streams databases whose float32 copy exceeds ``resident_bytes`` (a GLDv2 train set of
-    six members: 1.6M x 3072 floats = 20 GB) block by block from their memory map.
-    """
-    if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
-        raise ValueError(f"shape mismatch: queries {queries.shape}, database {database.shape}")
-    if backend not in ("torch", "faiss"):
-        raise ValueError(f"unknown search backend {backend!r}; choose torch or faiss")
-    if index == "Flat" and backend == "torch":
-        return _torch_flat(queries, database, k, use_gpu, resident_bytes=resident_bytes)
-    spec = index
+
+def _faiss_search(queries: np.ndarray, database: np.ndarray, k: int, use_gpu: bool | None, spec: str, chunk: int,
+                  nprobe: int = 16, train_size: int = 262144, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k through a faiss index built from the factory string ``spec`` (trained on a sample of up to
+    ``train_size`` rows when it needs training), the database added and the queries searched in chunks."""
     index = _index(database.shape[1], use_gpu, spec)
     if not index.is_trained:
         rows = np.arange(len(database))
@@ -105,3 +108,92 @@ def knn(
         s, i = index.search(np.ascontiguousarray(queries[start: start + chunk], dtype=np.float32), k)
         scores[start : start + chunk], ids[start : start + chunk] = s, i
     return scores, ids
+
+
+ExactSearch = Callable[[np.ndarray, np.ndarray, int, "bool | None", int, int], tuple[np.ndarray, np.ndarray]]
+BACKENDS: dict[str, ExactSearch] = {}  # exact-search backends by name, in registration order
+
+
+def register_search_backend(name: str) -> Callable[[ExactSearch], ExactSearch]:
+    """Decorator: ``search(queries, database, k, use_gpu, chunk, resident_bytes) -> (scores, ids)`` becomes the
+    exact-search backend ``name`` (``knn(backend=name)``, ``$LANDMARK_KIT_SEARCH_BACKEND``)."""
+    def add(search: ExactSearch) -> ExactSearch:
+        add_plugin(BACKENDS, name, search, "search backend")
+        return search
+
+    return add
+
+
+@register_search_backend("torch")
+def _torch_exact(queries: np.ndarray, database: np.ndarray, k: int, use_gpu: bool | None, chunk: int,
+                 resident_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    return _torch_flat(queries, database, k, use_gpu, resident_bytes=resident_bytes)
+
+
+@register_search_backend("faiss")
+def _faiss_exact(queries: np.ndarray, database: np.ndarray, k: int, use_gpu: bool | None, chunk: int,
+                 resident_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    return _faiss_search(queries, database, k, use_gpu, "Flat", chunk)
+
+
+def _choices(*names: str) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def choose_backend(queries: np.ndarray, database: np.ndarray, k: int, use_gpu: bool | None = None) -> str:
+    """The exact backend for this search: ``$LANDMARK_KIT_SEARCH_BACKEND`` when set, torch for a small search
+    or without faiss, else the faster of torch and faiss on a sample of it (up to 512 queries x 32768 rows,
+    best of two runs each), measured once per process and device; faiss must win by ``FAISS_MARGIN``."""
+    recorded = os.environ.get(BACKEND_ENV, "").strip()
+    if recorded:
+        if recorded not in BACKENDS:
+            raise ValueError(f"${BACKEND_ENV}={recorded!r}: choose {_choices(*BACKENDS)}")
+        return recorded
+    device = "cuda" if torch.cuda.is_available() and use_gpu is not False else "cpu"
+    if device in _chosen:
+        return _chosen[device]
+    if 2.0 * len(queries) * len(database) * database.shape[1] < MEASURE_ABOVE:
+        return "torch"
+    if importlib.util.find_spec("faiss") is None:
+        _chosen[device] = "torch"
+        return "torch"
+    q = np.ascontiguousarray(queries[:512], dtype=np.float32)
+    db = np.ascontiguousarray(database[:32768], dtype=np.float32)
+    kk = min(k, len(db))
+    seconds = {}
+    for name, run in (("torch", lambda: _torch_flat(q, db, kk, use_gpu)), ("faiss", lambda: _faiss_flat(q, db, kk, use_gpu))):
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        seconds[name] = min(times)
+    _chosen[device] = "faiss" if seconds["faiss"] * FAISS_MARGIN < seconds["torch"] else "torch"
+    log.info("exact search backend on %s: %s (torch %.3f s, faiss %.3f s on %d x %d x %d)", device, _chosen[device],
+             seconds["torch"], seconds["faiss"], len(q), len(db), db.shape[1])
+    return _chosen[device]
+
+
+def knn(
+    queries: np.ndarray, database: np.ndarray, k: int, chunk: int = 65536, use_gpu: bool | None = None,
+    index: str = "Flat", nprobe: int = 16, train_size: int = 262144, seed: int = 0, backend: str = "auto",
+    resident_bytes: int = RESIDENT_BYTES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` database rows by inner product for every query: (scores, indices), each ``(Q, k)``.
+
+    With fewer than ``k`` database rows the extra columns hold index -1 and a very low score (faiss's padding).
+    Queries are searched and the database added in chunks (a float16 memory-map is converted chunk by chunk),
+    so memory stays bounded for 100k+ queries; with a compressed index the float32 database never exists. The
+    exact torch search streams databases whose float32 copy exceeds ``resident_bytes`` (a GLDv2 train set of
+    six members: 1.6M x 3072 floats = 20 GB) block by block from their memory map. ``backend`` (exact search):
+    a registered one (``torch``, ``faiss``: :func:`register_search_backend`) or ``auto`` (:func:`choose_backend`).
+    """
+    if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
+        raise ValueError(f"shape mismatch: queries {queries.shape}, database {database.shape}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown search backend {backend!r}; choose {_choices('auto', *BACKENDS)}")
+    if index != "Flat":
+        return _faiss_search(queries, database, k, use_gpu, index, chunk, nprobe, train_size, seed)
+    if backend == "auto":
+        backend = choose_backend(queries, database, k, use_gpu)
+    return BACKENDS[backend](queries, database, k, use_gpu, chunk, resident_bytes)

@@ -27,8 +27,8 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from .artifacts import write_bytes
-from .data import atomic_write_csv, image_path
+from .artifacts import atomic_write_csv, write_bytes
+from .data import image_path
 from .recipes import add_recipe_flags, flag_overrides, load_recipe
 from .submission import write_competition_files
 
@@ -589,7 +589,13 @@ def _render_group(items: list[Item], cfg: SyntheticConfig, root: str) -> None:
 
 
 def generate(out: str | os.PathLike, cfg: SyntheticConfig | None = None, progress: bool = True) -> dict:
-    """Write the whole competition under ``out``; returns a summary (counts, seconds)."""
+    """Write the whole competition under ``out``; returns a summary (counts, seconds).
+
+    Args:
+        out: the folder that receives the Kaggle layout (train/ test/ index/, train.csv, solutions).
+        cfg: sizes, noise and seed; default :class:`SyntheticConfig`.
+        progress: show a progress bar.
+    """
     cfg = cfg or SyntheticConfig()
     start = time.time()
     out = Path(out)

@@ -16,17 +16,15 @@ and ends with exactly the tensors of an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -37,71 +35,16 @@ from tqdm import tqdm
 
 from .artifacts import DamagedArtifact, atomic_path, discard, intact, read_chunks
 from .augment import DeviceAugment
+from .checkpoint import TrainConfig, checkpoint_errors, load_trained, resolve_device  # noqa: F401 (re-exported)
 from .data import ImageDataset, collate_skip_bad, image_path, read_train_csv, upright_size
 from .extract import ShapedDataset
-from .losses import EMBEDDING_KINDS, KINDS, MINING, GE2ELoss, MarginHead, TripletHead, WithAuxHead, dynamic_margins
+from .heads import HEADS, margin_head, registered_head
+from .losses import KINDS, MarginHead, WithAuxHead
 from .models import LandmarkNet, create_backbone, input_normalisation
-from .recipes import RecipeError, from_dict, load_recipe, save_recipe, to_dict
+from .recipes import RecipeError, load_recipe, save_recipe, to_dict
 
 log = logging.getLogger(__name__)
 LOG_COLUMNS = ["epoch", "stage", "loss", "accuracy", "img_s", "lr", "val_gap", "val_map100"]
-
-
-@dataclass
-class TrainConfig:
-    """A training recipe (YAML under ``training/``); every field is also a stage-02 flag."""
-
-    model: str = "tf_efficientnet_lite0"
-    weights: str | None = "imagenet-lite"  # local file, "imagenet-lite", or None (random init / hub)
-    pretrained: bool = False  # with weights None: download from timm's hub (online only)
-    dim: int = 512
-    gem_p: float = 3.0
-    head: str = "arcface"  # arcface | cosface | subcenter (sub-center ArcFace) | softmax | triplet | ge2e
-    scale: float = 30.0
-    margin: float = 0.3
-    subcenters: int = 3  # k, for head subcenter
-    dynamic_margin: bool = False  # per-class margins: n^-1/4 of the class's image count into [margin_min, max]
-    margin_min: float = 0.05
-    margin_max: float = 0.5
-    per_class: int = 4  # M images per landmark in the N x M batches of triplet / ge2e (N = batch_size / M)
-    triplet_margin: float = 0.1
-    mining: str = "batch-hard"  # triplet mining: batch-hard | semi-hard
-    aux_head: str | None = None  # with triplet / ge2e: also a margin head (arcface, ...) on the same embeddings
-    aux_weight: float = 0.5  # its cross-entropy's weight in the loss
-    image_size: int = 128  # square side when ``sides`` is empty
-    sides: list[int] = field(default_factory=list)  # aspect buckets, e.g. [352, 384, 448, 512]; one value = square
-    epochs: int = 12
-    final_epochs: int = 0  # then this many epochs at final_sides with every BatchNorm frozen
-    final_sides: list[int] = field(default_factory=list)  # e.g. [544, 608, 704, 800]
-    batch_size: int = 32  # per process
-    lr: float = 2e-2
-    head_lr_mult: float = 10.0  # the freshly initialised neck and head learn faster than the backbone
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    warmup_epochs: float = 1.0  # linear LR warm-up before the cosine decay (over all epochs, final included)
-    grad_clip: float = 5.0  # max gradient norm (0 = off); keeps high-LR fine-tuning from diverging
-    freeze_stages: int = 0  # stem + this many backbone stages keep their ImageNet weights and BN statistics
-    local_head: bool = False  # also train a DELG attention + autoencoder local head (local backend "delg")
-    local_dim: int = 128
-    attention_weight: float = 1.0  # DELG's loss weights: attention cross-entropy, autoencoder reconstruction
-    reconstruction_weight: float = 10.0
-    augment: str = "soft"  # soft: crop/scale + light colour | hard: + shear, stronger colour | none
-    val_queries: int = 0  # hold out one image of this many labels (>= 3 images) and score GAP / mAP@100 each epoch
-    val_database: int = 5000  # at most this many remaining train images searched by the validation queries
-    val_distractors: int = 0  # also query this many non-landmark test images (<data_root>/recognition_solution.csv)
-    train_csv: str | None = None  # default <data_root>/train.csv (e.g. a cleaned CSV from stage 01)
-    workers: int = 2
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision on CUDA
-    checkpoint_every: int = 200  # steps between resumable checkpoints (plus every epoch end)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -120,15 +63,17 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise RecipeError("nothing to train: epochs + final_epochs < 1")
     if cfg.batch_size < 2:
         raise RecipeError("batch_size must be >= 2 (BatchNorm)")
-    if cfg.head in EMBEDDING_KINDS:
-        if cfg.per_class < 2 or cfg.batch_size % cfg.per_class or cfg.batch_size // cfg.per_class < 2:
-            raise RecipeError(f"head {cfg.head} needs batch_size = N x per_class with N >= 2 landmarks and "
-                              f"per_class >= 2; found batch_size {cfg.batch_size}, per_class {cfg.per_class}")
-        if cfg.head == "triplet" and cfg.mining not in MINING:
-            raise RecipeError(f"unknown mining {cfg.mining!r}; choose one of {MINING}")
-    if cfg.aux_head is not None and (cfg.head not in EMBEDDING_KINDS or cfg.aux_head not in KINDS):
-        raise RecipeError(f"aux_head is a margin head ({', '.join(KINDS)}) beside a triplet or ge2e head; found "
-                          f"aux_head {cfg.aux_head!r} with head {cfg.head!r}")
+    head = registered_head(cfg.head)  # an unknown name lists the registered ones
+    if head.batches == "balanced" and (cfg.per_class < 2 or cfg.batch_size % cfg.per_class
+                                       or cfg.batch_size // cfg.per_class < 2):
+        raise RecipeError(f"head {cfg.head} needs batch_size = N x per_class with N >= 2 landmarks and "
+                          f"per_class >= 2; found batch_size {cfg.batch_size}, per_class {cfg.per_class}")
+    if head.check is not None:
+        head.check(cfg)
+    if cfg.aux_head is not None and (head.batches != "balanced" or head.network or cfg.aux_head not in KINDS):
+        embedding = ", ".join(h.name for h in HEADS.values() if h.batches == "balanced" and not h.network)
+        raise RecipeError(f"aux_head is a margin head ({', '.join(KINDS)}) beside an embedding head ({embedding}); "
+                          f"found aux_head {cfg.aux_head!r} with head {cfg.head!r}")
     return cfg
 
 
@@ -184,8 +129,9 @@ def balanced_batches(buckets: np.ndarray, labels: np.ndarray, per_class: int, cl
 
 
 def make_batches(cfg: TrainConfig, buckets: np.ndarray, labels: np.ndarray, epoch: int) -> list[list[int]]:
-    """The epoch's batches for the configured head: N x M class-balanced for triplet / ge2e, plain otherwise."""
-    if cfg.head in EMBEDDING_KINDS:
+    """The epoch's batches for the configured head: N x M class-balanced when it asks for them (triplet, ge2e),
+    plain otherwise."""
+    if registered_head(cfg.head).batches == "balanced":
         return balanced_batches(buckets, labels, cfg.per_class, cfg.batch_size // cfg.per_class, cfg.seed, epoch)
     return epoch_batches(buckets, cfg.batch_size, cfg.seed, epoch)
 
@@ -209,25 +155,14 @@ def image_sizes(root, ids: list[str], cache: Path, write: bool = True) -> np.nda
 
 
 def build_model(cfg: TrainConfig, counts: np.ndarray) -> tuple[LandmarkNet, nn.Module]:
-    """Backbone + neck and the head: a :class:`MarginHead` (margins per class when ``dynamic_margin``), or an
-    embedding loss (``triplet``, ``ge2e``) without class weights, with a weighted margin head when ``aux_head``."""
+    """Backbone + neck and the registered head (:mod:`landmark_kit.heads`), wrapped with a weighted margin head
+    beside an embedding loss when ``aux_head``."""
     backbone = create_backbone(cfg.model, cfg.weights, cfg.pretrained)
     net = LandmarkNet(backbone, cfg.dim, cfg.gem_p, len(counts) if cfg.local_head else 0, cfg.local_dim)
-    if cfg.head not in EMBEDDING_KINDS:
-        return net, margin_head(cfg, cfg.head, counts)
-    head = TripletHead(cfg.triplet_margin, cfg.mining) if cfg.head == "triplet" else GE2ELoss()
+    head = registered_head(cfg.head).build(cfg, counts, backbone)
     if cfg.aux_head is None:
         return net, head
     return net, WithAuxHead(head, margin_head(cfg, cfg.aux_head, counts), cfg.aux_weight)
-
-
-def margin_head(cfg: TrainConfig, kind: str, counts: np.ndarray) -> MarginHead:
-    """A ``kind`` margin head over every class, with the recipe's scale, margins and sub-centres."""
-    margins = dynamic_margins(counts, cfg.margin_min, cfg.margin_max) if cfg.dynamic_margin else None
-    try:
-        return MarginHead(cfg.dim, len(counts), kind, cfg.scale, cfg.margin, cfg.subcenters, margins)
-    except ValueError as exc:
-        raise RecipeError(str(exc)) from None
 
 
 def freeze_stages(backbone: nn.Module, stages: int) -> list[nn.Module]:
@@ -256,6 +191,7 @@ class Trainable(nn.Module):
     def __init__(self, net: LandmarkNet, head: nn.Module, augment: DeviceAugment, cfg: TrainConfig) -> None:
         super().__init__()
         self.net, self.head, self.augment, self.cfg = net, head, augment, cfg
+        self.network = registered_head(cfg.head).network  # the head runs the network itself
         self.criterion = nn.CrossEntropyLoss()
 
     def objective(self, embedding: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,25 +203,14 @@ class Trainable(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.augment(images)
+        if self.network:
+            return self.head(self.net, x, labels)
         if self.net.local is None:
             return self.objective(self.net(x), labels)
         embedding, fmap = self.net.forward_with_local(x)
         loss, correct = self.objective(embedding, labels)
         attention, reconstruction = self.net.local.losses(fmap, labels)
         return loss + self.cfg.attention_weight * attention + self.cfg.reconstruction_weight * reconstruction, correct
-
-
-CHECKPOINT_HINT = "rerun stage 02 on its run directory (it writes model.pt again from last.pt) or copy it again"
-
-
-@contextlib.contextmanager
-def checkpoint_errors(path: str | os.PathLike, hint: str = "") -> Iterator[None]:
-    """Around ``torch.load``: a truncated or corrupt file raises :class:`DamagedArtifact` naming it (a pickle that
-    ``weights_only`` refuses stays an ``UnpicklingError``)."""
-    try:
-        yield
-    except (RuntimeError, EOFError) as exc:
-        raise DamagedArtifact(path, str(exc).split(". ")[0] or type(exc).__name__, "checkpoint", hint) from None
 
 
 def _resume_state(last: Path) -> dict | None:
@@ -299,11 +224,6 @@ def _resume_state(last: Path) -> dict | None:
     except DamagedArtifact as damage:
         discard(damage, then="training starts again from scratch")
         return None
-
-
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -473,8 +393,233 @@ def write_log(history: list[dict], workdir: Path) -> None:
 # ------------------------------------------------------------------------------------------- the loop
 
 
+def _epoch_sums() -> dict:
+    """The running sums of an epoch: images seen, summed loss, hits and seconds."""
+    return {"seen": 0, "loss": 0.0, "correct": 0, "seconds": 0.0}
+
+
+class TrainingRun:
+    """One run's state: data, model, optimizer, schedule, where it stands (``epoch``, ``step`` within it, the
+    epoch's running sums ``acc``), the log ``history`` and the unreadable images met (``skipped``)."""
+
+    def __init__(self, cfg: TrainConfig, data_root: str | os.PathLike, workdir: Path, world: World,
+                 device: torch.device) -> None:
+        """Set up: read the labels, build the model, optimizer and schedule, and resume from ``last.pt`` when
+        there is one; every RNG draw in the order of an uninterrupted run."""
+        self.cfg, self.data_root, self.workdir, self.world, self.device = cfg, data_root, workdir, world, device
+        self.last = workdir / "last.pt"
+        seed_everything(cfg.seed)
+        counts = self._read_labels()
+        self._build_model(counts)
+        self._measure_images()
+        self._build_optimizer()
+        resumed_rng = self._resume()
+        seed_everything(cfg.seed + 7919 * world.rank)  # augmentation draws: its own stream per process
+        if resumed_rng is not None:
+            set_rng_state(resumed_rng)
+
+    def _read_labels(self) -> np.ndarray:
+        """Classes, targets, the validation split and its distractors; returns the images per class."""
+        cfg = self.cfg
+        train_df = read_train_csv(cfg.train_csv or Path(self.data_root) / "train.csv")
+        self.classes, self.targets_np, counts = np.unique(train_df["landmark_id"].to_numpy(), return_inverse=True,
+                                                          return_counts=True)
+        self.ids = train_df["id"].tolist()
+        self.val_pos = split_validation(self.targets_np, cfg.val_queries, cfg.seed)
+        self.val_distractors = (validation_distractors(self.data_root, cfg.val_distractors, cfg.seed)
+                                if len(self.val_pos) else [])
+        self.train_pos = np.setdiff1d(np.arange(len(self.ids)), self.val_pos)
+        self.train_labels = self.targets_np[self.train_pos]
+        self.targets = torch.as_tensor(self.targets_np)
+        return counts
+
+    def _build_model(self, counts: np.ndarray) -> None:
+        """Network, head and augmentation as one module on the device."""
+        cfg = self.cfg
+        self.net, head = build_model(cfg, counts)
+        self.frozen = freeze_stages(self.net.backbone, cfg.freeze_stages)
+        augment = DeviceAugment(cfg.augment, *input_normalisation(self.net.backbone))
+        self.module = Trainable(self.net, head, augment, cfg).to(self.device)
+        self.net.to(memory_format=torch.channels_last)  # NHWC: faster convolutions
+
+    def _measure_images(self) -> None:
+        """Each epoch's sides, the train images' sizes (for the aspect buckets) and their dataset."""
+        cfg, world = self.cfg, self.world
+        self.stage_sides = [cfg.sides or [cfg.image_size]] * cfg.epochs + [cfg.final_sides] * cfg.final_epochs
+        square = all(len(set(s)) == 1 for s in self.stage_sides)
+        sizes = np.ones((len(self.ids), 2), np.int64) if square else image_sizes(
+            self.data_root, self.ids, self.workdir / "image_sizes.npz", world.main)
+        max_side = 2 * max(max(s) for s in self.stage_sides)
+        self.base = ImageDataset(self.data_root, "train", [self.ids[i] for i in self.train_pos], max_side=max_side)
+        self.sizes = sizes[self.train_pos]
+
+    def _build_optimizer(self) -> None:
+        """SGD (neck and head at ``head_lr_mult``), warm-up + cosine over every process's batches, the AMP scaler,
+        and the DistributedDataParallel wrapper under torchrun."""
+        cfg, world, net = self.cfg, self.world, self.net
+        neck = [p for name, p in net.named_parameters() if not name.startswith("backbone.")]
+        self.optimizer = torch.optim.SGD(
+            [{"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
+             {"params": neck + list(self.module.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult}],
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        )
+        self.per_epoch = [len(make_batches(cfg, assign_buckets(self.sizes, s)[0], self.train_labels, e)) // world.size
+                          for e, s in enumerate(self.stage_sides)]
+        if min(self.per_epoch) < 1:
+            raise RecipeError(f"{len(self.train_pos)} train images give no batch per process ({world.size} processes)")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(warmup_cosine, warmup=int(cfg.warmup_epochs * self.per_epoch[0]),
+                                    total=sum(self.per_epoch)))
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.model = self.module
+        if world.size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _resume(self) -> dict | None:
+        """Load ``last.pt`` into the run when there is one; returns this process's saved RNG states (None: fresh)."""
+        world = self.world
+        self.epoch, self.step, self.acc, self.history, self.skipped = 0, 0, _epoch_sums(), [], set()
+        state = _resume_state(self.last)
+        if state is None:
+            return None
+        if len(state["rng"]) != world.size:
+            raise RecipeError(f"{self.last} was written by {len(state['rng'])} processes; resume with as many, not "
+                              f"{world.size}")
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step, self.acc, self.history = state["epoch"], state["step"], state["acc"], state["history"]
+        self.skipped = set(state["skipped"])
+        log.info("resuming %s at epoch %d step %d", self.workdir, self.epoch, self.step)
+        return state["rng"][world.rank]
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= len(self.stage_sides)
+
+    def run_epoch(self, progress: bool = True) -> None:
+        """Train the current epoch from ``step`` on (checkpoints every ``checkpoint_every`` steps), then validate,
+        log and checkpoint its end."""
+        cfg, world, epoch = self.cfg, self.world, self.epoch
+        final_stage = epoch >= cfg.epochs
+        buckets, shapes = assign_buckets(self.sizes, self.stage_sides[epoch])
+        dataset = ShapedDataset(self.base, [shapes[b] for b in buckets])
+        batches = make_batches(cfg, buckets, self.train_labels, epoch)
+        mine = batches[world.rank::world.size][: self.per_epoch[epoch]]
+        loader = DataLoader(dataset, batch_sampler=mine[self.step:], num_workers=cfg.workers,
+                            collate_fn=collate_skip_bad, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        self.module.train()
+        for m in self.frozen:
+            m.eval()
+        if final_stage:
+            for m in self.module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{len(self.stage_sides)}" + (" (final, BN frozen)" if final_stage
+                                                                                 else ""),
+                   unit="batch", disable=not (progress and world.main), initial=self.step, total=self.per_epoch[epoch])
+        tick = time.perf_counter()
+        for images, positions, bad in bar:
+            self.skipped.update(f.image_id for f in bad)
+            self.step += 1
+            self.train_step(images, positions)
+            now = time.perf_counter()
+            acc = self.acc
+            acc["seconds"] += now - tick
+            tick = now
+            if acc["seen"]:
+                bar.set_postfix(loss=f"{acc['loss'] / acc['seen']:.3f}", acc=f"{acc['correct'] / acc['seen']:.3f}",
+                                img_s=f"{acc['seen'] / max(acc['seconds'], 1e-9):.1f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.per_epoch[epoch]:
+                self.save_checkpoint()
+        bar.close()
+        self._end_epoch(final_stage)
+
+    def train_step(self, images: torch.Tensor | None, positions: torch.Tensor) -> None:
+        """One optimisation step on a batch (skipped by every process together when one has < 2 readable images),
+        then one scheduler step."""
+        cfg, world, device, acc = self.cfg, self.world, self.device, self.acc
+        usable = torch.tensor([images is not None and len(images) >= 2], dtype=torch.int32)
+        if world.size > 1:  # every process skips together, or DDP would wait forever
+            dist.all_reduce(usable, op=dist.ReduceOp.MIN)
+        if usable.item():
+            images = images.to(device, non_blocking=True)
+            labels = self.targets[self.train_pos[positions.numpy()]].to(device)
+            with torch.autocast(device.type, enabled=self.use_amp):
+                loss, correct = self.model(images, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                               cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            acc["seen"] += len(images)
+            acc["loss"] += float(loss.detach()) * len(images)
+            acc["correct"] += int(correct)
+        self.scheduler.step()
+
+    def _end_epoch(self, final_stage: bool) -> None:
+        """The epoch's log row (validated on the main process), ``log.csv``, the next epoch, ``last.pt``."""
+        cfg, world, acc, epoch = self.cfg, self.world, self.acc, self.epoch
+        row = {"epoch": epoch + 1, "stage": "final" if final_stage else "main",
+               "loss": round(acc["loss"] / max(acc["seen"], 1), 4),
+               "accuracy": round(acc["correct"] / max(acc["seen"], 1), 4),
+               "img_s": round(acc["seen"] * world.size / max(acc["seconds"], 1e-9), 2),
+               "lr": self.optimizer.param_groups[0]["lr"], "val_gap": "", "val_map100": ""}
+        if world.main and len(self.val_pos):
+            row.update(validate(self.net, cfg, self.data_root, self.ids, self.targets_np, self.val_pos, self.device,
+                                self.stage_sides[epoch], self.val_distractors))
+            self.module.train()
+        self.history.append(row)
+        if world.main:
+            write_log(self.history, self.workdir)
+        self.epoch, self.step, self.acc = epoch + 1, 0, _epoch_sums()
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        """``last.pt``, atomically: module, optimizer, scheduler, scaler, position, sums, log, skipped images and
+        every process's RNG states (gathered to the main process, which writes)."""
+        world = self.world
+        rngs = [rng_state()]
+        if world.size > 1:
+            rngs = [None] * world.size
+            dist.all_gather_object(rngs, rng_state())
+        if world.main:
+            with atomic_path(self.last) as tmp:
+                torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                            "epoch": self.epoch, "step": self.step, "acc": self.acc, "history": self.history,
+                            "skipped": sorted(self.skipped), "rng": rngs}, tmp)
+        world.barrier()
+
+    def save_model(self, final: Path) -> None:
+        """``model.pt``, atomically: the network's weights (no head), the class list, the config and the skipped
+        images, each of which is logged."""
+        if self.world.main:
+            for image_id in sorted(self.skipped):
+                log.warning("skipped unreadable train image %s", image_id)
+            with atomic_path(final) as tmp:
+                torch.save({"model": self.net.state_dict(), "classes": torch.as_tensor(self.classes),
+                            "config": to_dict(self.cfg), "skipped": sorted(self.skipped)}, tmp)
+        self.world.barrier()
+
+
 def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.PathLike, progress: bool = True) -> Path:
-    """Train (or resume) a model in ``workdir``; returns the path of ``model.pt``."""
+    """Train (or resume) a model in ``workdir``; returns the path of ``model.pt``.
+
+    Args:
+        cfg: the training recipe, checked first (:func:`check_config`).
+        data_root: a Kaggle-layout data root (its ``train/`` images; ``train.csv`` unless ``cfg.train_csv``).
+        workdir: the run directory; one holding a run of the same config resumes it (an intact ``model.pt``:
+            nothing to do), one of another config is refused.
+        progress: a progress bar per epoch (on the main process).
+    """
     check_config(cfg)
     workdir = Path(workdir)
     world, device = init_world(cfg.device)
@@ -490,163 +635,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike, workdir: str | os.Path
     workdir.mkdir(parents=True, exist_ok=True)
     if world.main:
         save_recipe(cfg, saved_cfg)
-    seed_everything(cfg.seed)
-
-    train_df = read_train_csv(cfg.train_csv or Path(data_root) / "train.csv")
-    classes, targets_np, counts = np.unique(train_df["landmark_id"].to_numpy(), return_inverse=True,
-                                            return_counts=True)
-    ids = train_df["id"].tolist()
-    val_pos = split_validation(targets_np, cfg.val_queries, cfg.seed)
-    val_distractors = validation_distractors(data_root, cfg.val_distractors, cfg.seed) if len(val_pos) else []
-    train_pos = np.setdiff1d(np.arange(len(ids)), val_pos)
-    targets = torch.as_tensor(targets_np)
-    net, head = build_model(cfg, counts)
-    frozen = freeze_stages(net.backbone, cfg.freeze_stages)
-    augment = DeviceAugment(cfg.augment, *input_normalisation(net.backbone))
-    module = Trainable(net, head, augment, cfg).to(device)
-    net.to(memory_format=torch.channels_last)  # NHWC: faster convolutions
-
-    stage_sides = [cfg.sides or [cfg.image_size]] * cfg.epochs + [cfg.final_sides] * cfg.final_epochs
-    square = all(len(set(s)) == 1 for s in stage_sides)
-    sizes = np.ones((len(ids), 2), np.int64) if square else image_sizes(data_root, ids, workdir / "image_sizes.npz",
-                                                                                  world.main)
-    max_side = 2 * max(max(s) for s in stage_sides)
-    base = ImageDataset(data_root, "train", [ids[i] for i in train_pos], max_side=max_side)
-    sizes = sizes[train_pos]
-
-    neck = [p for name, p in net.named_parameters() if not name.startswith("backbone.")]
-    optimizer = torch.optim.SGD(
-        [{"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
-         {"params": neck + list(head.parameters()), "lr": cfg.lr * cfg.head_lr_mult}],
-        momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-    )
-    train_labels = targets_np[train_pos]
-    per_epoch = [len(make_batches(cfg, assign_buckets(sizes, s)[0], train_labels, e)) // world.size
-                 for e, s in enumerate(stage_sides)]
-    if min(per_epoch) < 1:
-        raise RecipeError(f"{len(train_pos)} train images give no batch per process ({world.size} processes)")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(warmup_cosine, warmup=int(cfg.warmup_epochs * per_epoch[0]), total=sum(per_epoch)))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    model = module
-    if world.size > 1:
-        model = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
-
-    epoch, step, acc, history, skipped = 0, 0, {"seen": 0, "loss": 0.0, "correct": 0, "seconds": 0.0}, [], set()
-    last = workdir / "last.pt"
-    resumed_rng, state = None, _resume_state(last)
-    if state is not None:
-        if len(state["rng"]) != world.size:
-            raise RecipeError(f"{last} was written by {len(state['rng'])} processes; resume with as many, not "
-                              f"{world.size}")
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        epoch, step, acc, history = state["epoch"], state["step"], state["acc"], state["history"]
-        skipped = set(state["skipped"])
-        resumed_rng = state["rng"][world.rank]
-        log.info("resuming %s at epoch %d step %d", workdir, epoch, step)
-
-    def checkpoint() -> None:
-        rngs = [rng_state()]
-        if world.size > 1:
-            rngs = [None] * world.size
-            dist.all_gather_object(rngs, rng_state())
-        if world.main:
-            _atomic_save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                          "step": step, "acc": acc, "history": history, "skipped": sorted(skipped),
-                          "rng": rngs}, last)
-        world.barrier()
-
-    seed_everything(cfg.seed + 7919 * world.rank)  # augmentation draws: its own stream per process
-    if resumed_rng is not None:
-        set_rng_state(resumed_rng)
-    while epoch < len(stage_sides):
-        final_stage = epoch >= cfg.epochs
-        buckets, shapes = assign_buckets(sizes, stage_sides[epoch])
-        dataset = ShapedDataset(base, [shapes[b] for b in buckets])
-        batches = make_batches(cfg, buckets, train_labels, epoch)
-        mine = batches[world.rank::world.size][: per_epoch[epoch]]
-        loader = DataLoader(dataset, batch_sampler=mine[step:], num_workers=cfg.workers,
-                            collate_fn=collate_skip_bad, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        module.train()
-        for m in frozen:
-            m.eval()
-        if final_stage:
-            for m in module.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{len(stage_sides)}" + (" (final, BN frozen)" if final_stage
-                                                                            else ""),
-                   unit="batch", disable=not (progress and world.main), initial=step, total=per_epoch[epoch])
-        tick = time.perf_counter()
-        for images, positions, bad in bar:
-            skipped.update(f.image_id for f in bad)
-            step += 1
-            usable = torch.tensor([images is not None and len(images) >= 2], dtype=torch.int32)
-            if world.size > 1:  # every process skips together, or DDP would wait forever
-                dist.all_reduce(usable, op=dist.ReduceOp.MIN)
-            if usable.item():
-                images = images.to(device, non_blocking=True)
-                labels = targets[train_pos[positions.numpy()]].to(device)
-                with torch.autocast(device.type, enabled=use_amp):
-                    loss, correct = model(images, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                                   cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                acc["seen"] += len(images)
-                acc["loss"] += float(loss.detach()) * len(images)
-                acc["correct"] += int(correct)
-            scheduler.step()
-            now = time.perf_counter()
-            acc["seconds"] += now - tick
-            tick = now
-            if acc["seen"]:
-                bar.set_postfix(loss=f"{acc['loss'] / acc['seen']:.3f}", acc=f"{acc['correct'] / acc['seen']:.3f}",
-                                img_s=f"{acc['seen'] / max(acc['seconds'], 1e-9):.1f}")
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < per_epoch[epoch]:
-                checkpoint()
-        bar.close()
-        row = {"epoch": epoch + 1, "stage": "final" if final_stage else "main",
-               "loss": round(acc["loss"] / max(acc["seen"], 1), 4),
-               "accuracy": round(acc["correct"] / max(acc["seen"], 1), 4),
-               "img_s": round(acc["seen"] * world.size / max(acc["seconds"], 1e-9), 2),
-               "lr": optimizer.param_groups[0]["lr"], "val_gap": "", "val_map100": ""}
-        if world.main and len(val_pos):
-            row.update(validate(net, cfg, data_root, ids, targets_np, val_pos, device, stage_sides[epoch],
-                                val_distractors))
-            module.train()
-        history.append(row)
-        if world.main:
-            write_log(history, workdir)
-        epoch, step, acc = epoch + 1, 0, {"seen": 0, "loss": 0.0, "correct": 0, "seconds": 0.0}
-        checkpoint()
-    if world.main:
-        for image_id in sorted(skipped):
-            log.warning("skipped unreadable train image %s", image_id)
-        _atomic_save({"model": net.state_dict(), "classes": torch.as_tensor(classes),
-                      "config": to_dict(cfg), "skipped": sorted(skipped)}, final)
-    world.barrier()
+    run = TrainingRun(cfg, data_root, workdir, world, device)
+    while not run.finished:
+        run.run_epoch(progress)
+    run.save_model(final)
     return final
-
-
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LandmarkNet, TrainConfig]:
-    """A trained LandmarkNet from ``model.pt`` (``weights_only=True``), in eval mode, with its config; a damaged
-    file is refused naming it (:class:`DamagedArtifact`)."""
-    with checkpoint_errors(path, CHECKPOINT_HINT):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = from_dict(TrainConfig, state["config"], str(path))
-    local_classes = len(state["classes"]) if cfg.local_head else 0
-    model = LandmarkNet(create_backbone(cfg.model), cfg.dim, cfg.gem_p, local_classes, cfg.local_dim)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifacts import write_text
-from .data import atomic_write_csv
+from .artifacts import atomic_write_csv, write_text
 from .ablation import member_rows
 from .ensemble import load_ensemble, run_ensemble
 from .intervals import Bootstrap, Estimate, format_delta
+from .ledger import machine, markdown_table
 from .predict import PredictConfig, load_run
-from .readme import machine, markdown_table
 from .recipes import load_recipe
 from .submission import read_solution
 from .tuning import load_space, score_recipe, tune

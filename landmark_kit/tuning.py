@@ -1,7 +1,9 @@
 """Validation-driven choice of ensemble weights and stage-04 steps (``stages/04_predict.py --tune-on V``).
 
-Winners keep a step only when it wins on a local validation set that mirrors the test (design.md,
-"Choosing steps"). Given a labelled Kaggle-layout folder V, :func:`tune` extracts V with the ensemble, then
+Winners keep a step only when it wins on a local validation set that mirrors the test. Given labelled
+folders V (Kaggle layout, or photo folders tuned every photo a query by
+:mod:`landmark_kit.photofolder`; several are pooled, resampled by folder), :func:`tune` extracts V with the
+ensemble, then
 
 1. weights: every member alone, then a coordinate search over each member's weight on a grid (0 drops it),
    judged by the mean of GAP and mAP@100 with plain kNN, so the tuned ensemble is never below its best member
@@ -19,22 +21,25 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .artifacts import write_text
-from .data import atomic_write_csv
+from .data import DataError, atomic_write_csv
 from .ensemble import EnsembleConfig, joined_features, run_ensemble
 from .intervals import Bootstrap, Estimate
+from .photofolder import PHOTO_SPLIT, extract_every_photo, is_kaggle_layout, own_rows, working_copy
 from .predict import PredictConfig, RunData, check_config, load_run, recognition_steps, retrieval_steps
 from .readme import machine, markdown_table
 from .recipes import RecipeError, from_dict, load_recipe, save_recipe, to_dict
 from .recognition import nearest_neighbour_labels
-from .search import knn
-from .submission import read_solution
+from .retrieval import neighbour_lists
+from .submission import RECOGNITION, RETRIEVAL, Solution, read_solution
 
 log = logging.getLogger(__name__)
 TRACKS = ("recognition", "retrieval")
@@ -145,9 +150,96 @@ class Tables:
         return markdown_table([dict(row, kept="**yes**" if row["kept"] else "") for row in self.rows])
 
 
-def _header(tune_root, space: SearchSpace) -> str:
-    return (f"On `{tune_root}`, {space.resamples} paired-bootstrap resamples (seed {space.seed}), "
+@dataclass
+class TuneFolder:
+    """One ``--tune-on`` folder: as given, its Kaggle-layout root (itself, or its every-photo working copy),
+    its run directory, the loaded run, its label offset and id prefix in the pooled set, its query counts."""
+
+    source: Path
+    root: Path
+    vdir: Path
+    every_photo: bool
+    run: RunData | None = None
+    offset: int = 0
+    prefix: str = ""
+    queries: tuple[int, int] = (0, 0)  # recognition, retrieval
+
+    @property
+    def mode(self) -> str:
+        return "every photo a query" if self.every_photo else "Kaggle layout"
+
+
+def tune_folders(sources: str | os.PathLike | Sequence[str | os.PathLike], workdir) -> list[TuneFolder]:
+    """Each ``--tune-on`` folder with its run directory (``workdir/tune``, or ``workdir/tune/<n>`` for
+    several): a labelled Kaggle layout is used as it is, any other folder is read as a labelled photo folder
+    and its every-photo working copy written (``<run directory>/photos``)."""
+    sources = [Path(sources)] if isinstance(sources, (str, os.PathLike)) else [Path(s) for s in sources]
+    if not sources:
+        raise DataError("--tune-on needs at least one folder")
+    folders = []
+    for n, src in enumerate(sources):
+        vdir = Path(workdir) / "tune" / (f"{n + 1}" if len(sources) > 1 else "")
+        if is_kaggle_layout(src):
+            folders.append(TuneFolder(src, src, vdir, False))
+        elif (src / "train.csv").is_file() or all((src / split).is_dir() for split in ("train", "test")):
+            raise FileNotFoundError(f"--tune-on {src}: a Kaggle layout without its labels; it needs train.csv, "
+                                    f"recognition_solution.csv and retrieval_solution.csv")
+        else:
+            working_copy(src, vdir / "photos")
+            folders.append(TuneFolder(src, vdir / "photos", vdir, True))
+    return folders
+
+
+def prepare(folder: TuneFolder, ensemble: EnsembleConfig) -> RunData:
+    """Stage 03 on one tuning folder (every-photo folders: each photo extracted once, searched leaving itself
+    out) and its run loaded."""
+    if not folder.every_photo:
+        run_ensemble(ensemble, folder.root, folder.vdir)
+        folder.run = load_run(folder.root, folder.vdir)
+        return folder.run
+    extract_every_photo(ensemble, folder.root, folder.vdir)
+    run = load_run(folder.root, folder.vdir)
+    run.own = {split: own_rows(run.test_ids, ids)
+               for split, ids in (("train", run.train_ids), ("index", run.index_ids), ("test", run.test_ids))}
+    run.photo_split = PHOTO_SPLIT
+    folder.run = run
+    return run
+
+
+def pooled_bootstrap(folders: list[TuneFolder], space: SearchSpace) -> Bootstrap:
+    """One bootstrap over every folder's queries, stratified by folder; with several folders, ids are prefixed
+    ``<n>/`` and labels offset so that folders never share a landmark. Sets each folder's query counts."""
+    rec, ret, ids, strata, offset = Solution(RECOGNITION), Solution(RETRIEVAL), [], [], 0
+    for n, folder in enumerate(folders):
+        folder.prefix, folder.offset = (f"{n + 1}/" if len(folders) > 1 else ""), offset
+        r, t = (read_solution(folder.root / f"{track}_solution.csv") for track in TRACKS)
+        for mine, pooled in ((r.public, rec.public), (r.private, rec.private)):
+            pooled.update({folder.prefix + q: [x + offset for x in v] for q, v in mine.items()})
+        for mine, pooled in ((t.public, ret.public), (t.private, ret.private)):
+            pooled.update({folder.prefix + q: [folder.prefix + x for x in v] for q, v in mine.items()})
+        folder.queries = (len(r.all), len(t.all))
+        ids += [folder.prefix + q for q in folder.run.test_ids]
+        strata += [n] * len(folder.run.test_ids)
+        labels = [x for v in r.all.values() for x in v] + folder.run.train_labels.tolist()
+        offset += max(labels, default=-1) + 1
+    return Bootstrap(rec, ret, ids, space.resamples, space.seed, strata=strata if len(folders) > 1 else None)
+
+
+def _header(folders: list[TuneFolder], space: SearchSpace) -> str:
+    where = ", ".join(f"`{f.source}` ({f.mode}: {f.queries[0]} recognition, {f.queries[1]} retrieval queries)"
+                      for f in folders)
+    pooled = "; resampled within each folder" if len(folders) > 1 else ""
+    return (f"On {where}{pooled}; {space.resamples} paired-bootstrap resamples (seed {space.seed}), "
             f"{space.level:.0%} intervals; measured on {machine()}.\n\n")
+
+
+def _pooled(folders: list[TuneFolder], boot: Bootstrap, labels: list[np.ndarray], scores: list[np.ndarray],
+            rows: list, k: int = 100) -> tuple[Estimate, Estimate]:
+    """GAP and mAP@100 of every folder's predictions (labels offset, index ids prefixed) on the pooled set."""
+    ranked = [ranked for f, r in zip(folders, rows)
+              for ranked in neighbour_lists(r, [f.prefix + i for i in f.run.index_ids], k)]
+    offset = np.concatenate([np.where(lab >= 0, lab + f.offset, -1) for f, lab in zip(folders, labels)])
+    return boot.gap(offset, np.concatenate(scores)), boot.map_ranked(ranked)
 
 
 def _accept(deltas: tuple[Estimate, Estimate], judged: int, level: float) -> bool:
@@ -156,24 +248,28 @@ def _accept(deltas: tuple[Estimate, Estimate], judged: int, level: float) -> boo
     return deltas[judged].wins(level) and deltas[1 - judged].interval(level)[1] >= 0
 
 
-def tune_weights(ensemble: EnsembleConfig, workdir: Path, run: RunData, boot: Bootstrap, space: SearchSpace,
+def tune_weights(ensemble: EnsembleConfig, folders: list[TuneFolder], boot: Bootstrap, space: SearchSpace,
                  table: Tables) -> EnsembleConfig:
     """Member weights chosen on V: the best member alone, then coordinate steps on ``space.member_weights``
     and, with ``space.member_whitening``, per-member PCA-whitening switched on, each kept only when the mean
     of GAP and mAP@100 (plain kNN) wins. Members ending at weight 0 are dropped."""
     members = ensemble.members
     memo: dict[tuple, tuple[Estimate, Estimate, Estimate]] = {}
-    whitenings: dict = {}  # each member's whitening fitted once for the whole search
+    whitenings: dict = {}  # each member's whitening fitted once per folder for the whole search
+
+    def knn_top1(chosen: list, n: int, folder: TuneFolder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        run = folder.run
+        feats = {split: joined_features(chosen, folder.vdir, split, ensemble.whiten_split,
+                                        whitenings.setdefault(n, {}))[0] for split in ("test", "train", "index")}
+        labels, conf = nearest_neighbour_labels(*run.search(feats["test"], "train", feats["train"], 1),
+                                                run.train_labels)
+        return labels, conf, run.search(feats["test"], "index", feats["index"], ensemble.k_index)[1]
 
     def evaluate(state: tuple):  # state: ((weight, whiten), ...) per member
         if state not in memo:
             chosen = [replace(m, weight=w, whiten=wh) for m, (w, wh) in zip(members, state) if w > 0]
-            feats = {split: joined_features(chosen, workdir, split, ensemble.whiten_split, whitenings)[0]
-                     for split in ("test", "train", "index")}
-            scores, rows = knn(feats["test"], feats["train"], 1)
-            labels, conf = nearest_neighbour_labels(scores, rows, run.train_labels)
-            _, index_rows = knn(feats["test"], feats["index"], min(ensemble.k_index, len(feats["index"])))
-            gap, mp = boot.gap(labels, conf), boot.map_at_100(index_rows, run.index_ids)
+            labels, conf, rows = zip(*(knn_top1(chosen, n, f) for n, f in enumerate(folders)))
+            gap, mp = _pooled(folders, boot, list(labels), list(conf), list(rows))
             memo[state] = (gap, mp, (gap + mp).scale(0.5))
         return memo[state]
 
@@ -225,16 +321,31 @@ def score_recipe(cfg: PredictConfig, run: RunData, data_root, boot: Bootstrap) -
     return boot.gap(labels, scores), boot.map_at_100(rows, run.index_ids, cfg.retrieval_k)
 
 
+def score_folders(cfg: PredictConfig, folders: list[TuneFolder], boot: Bootstrap) -> tuple[Estimate, Estimate]:
+    """:func:`score_recipe` on a pooled tuning set (:func:`pooled_bootstrap`)."""
+    labels, scores, rows = [], [], []
+    for folder in folders:
+        *_, (_, lab, sc) = recognition_steps(cfg, folder.run, folder.root)
+        *_, (_, ranked) = retrieval_steps(cfg, folder.run, folder.root, lab, sc)
+        labels.append(lab)
+        scores.append(sc)
+        rows.append(ranked)
+    return _pooled(folders, boot, labels, scores, rows, cfg.retrieval_k)
+
+
 def tune_recipe(run: RunData, data_root, boot: Bootstrap, space: SearchSpace, table: Tables,
-                base: PredictConfig | None = None) -> PredictConfig:
+                base: PredictConfig | None = None,
+                score: Callable[[PredictConfig], tuple[Estimate, Estimate]] | None = None) -> PredictConfig:
     """Coordinate search over ``space.options`` from ``base`` (default ``space.base``): per option, the
-    candidate with the largest kept gain on its track replaces the current value."""
+    candidate with the largest kept gain on its track replaces the current value. ``score``: how a recipe is
+    scored (default :func:`score_recipe` on ``run``; a pooled set passes :func:`score_folders`)."""
     memo: dict[str, tuple[Estimate, Estimate]] = {}
+    score = score or (lambda cfg: score_recipe(cfg, run, data_root, boot))
 
     def evaluate(cfg: PredictConfig) -> tuple[Estimate, Estimate]:
         key = repr(to_dict(cfg))
         if key not in memo:
-            memo[key] = score_recipe(cfg, run, data_root, boot)
+            memo[key] = score(cfg)
         return memo[key]
 
     current = base or apply_overrides(PredictConfig(), space.base)
@@ -272,56 +383,52 @@ class Tuned:
     recipe_path: Path
     ensemble_path: Path
     tables: dict[str, Path]
+    folders: list[TuneFolder] = field(default_factory=list)
 
 
-def tune(ensemble: EnsembleConfig, tune_root, workdir, space: SearchSpace, base: PredictConfig | None = None
+def tune(ensemble: EnsembleConfig, tune_on, workdir, space: SearchSpace, base: PredictConfig | None = None
          ) -> Tuned:
-    """Extract the labelled folder ``tune_root`` into ``workdir/tune`` with ``ensemble``, tune the member
-    weights and the stage-04 recipe on it, write ``workdir/tuned.yaml`` (a recipe for ``--recipe``),
-    ``workdir/tuned-ensemble.yaml`` (for ``--ensemble``) and the tables under ``workdir/tuning/``."""
-    tune_root, workdir = Path(tune_root), Path(workdir)
-    for name in ("recognition_solution.csv", "retrieval_solution.csv", "train.csv"):
-        if not (tune_root / name).is_file():
-            raise FileNotFoundError(f"--tune-on {tune_root}: no {name}; a labelled Kaggle-layout folder is needed")
-    vdir = workdir / "tune"
-    run_ensemble(ensemble, tune_root, vdir)
-    run = load_run(tune_root, vdir)
-    boot = Bootstrap(read_solution(tune_root / "recognition_solution.csv"),
-                     read_solution(tune_root / "retrieval_solution.csv"), run.test_ids, space.resamples, space.seed)
-    out = workdir / "tuning"
+    """Extract the labelled folder(s) ``tune_on`` (:func:`tune_folders`) with ``ensemble`` into
+    ``workdir/tune``, tune the member weights and the stage-04 recipe on them (pooled), write
+    ``workdir/tuned.yaml`` (a recipe for ``--recipe``), ``workdir/tuned-ensemble.yaml`` (for ``--ensemble``)
+    and the tables under ``workdir/tuning/``."""
+    workdir = Path(workdir)
+    folders = tune_folders(tune_on, workdir)
+    for folder in folders:
+        prepare(folder, ensemble)
+    boot = pooled_bootstrap(folders, space)
     weights_table = Tables(space.level)
+    tuned_ensemble = ensemble
     if len(ensemble.members) > 1:
-        tuned_ensemble = tune_weights(ensemble, vdir, run, boot, space, weights_table)
+        tuned_ensemble = tune_weights(ensemble, folders, boot, space, weights_table)
         if tuned_ensemble != ensemble:
-            run_ensemble(tuned_ensemble, tune_root, vdir)  # descriptors reused: concatenation and search only
-            run = load_run(tune_root, vdir)
-    else:
-        tuned_ensemble = ensemble
+            for folder in folders:  # descriptors reused: concatenation and search only
+                prepare(folder, tuned_ensemble)
     recipe_table = Tables(space.level)
-    recipe = tune_recipe(run, tune_root, boot, space, recipe_table, base)
+    recipe = tune_recipe(folders[0].run, folders[0].root, boot, space, recipe_table, base,
+                         score=lambda cfg: score_folders(cfg, folders, boot))
     tables = {}
     for name, table in (("weights", weights_table), ("recipe", recipe_table)):
         if table.rows:
-            atomic_write_csv(table.frame(), out / f"{name}.csv")
-            tables[name] = write_text(out / f"{name}.md", _header(tune_root, space) + table.markdown())
+            atomic_write_csv(table.frame(), workdir / "tuning" / f"{name}.csv")
+            tables[name] = write_text(workdir / "tuning" / f"{name}.md", _header(folders, space) + table.markdown())
     recipe_path = save_recipe(recipe, workdir / "tuned.yaml")
     ensemble_path = save_recipe(tuned_ensemble, workdir / "tuned-ensemble.yaml")
-    return Tuned(tuned_ensemble, recipe, recipe_path, ensemble_path, tables)
+    return Tuned(tuned_ensemble, recipe, recipe_path, ensemble_path, tables, folders)
 
 
-def tune_ensemble_weights(ensemble: EnsembleConfig, tune_root, workdir, space: SearchSpace) -> tuple[EnsembleConfig, Path]:
-    """Only the weight search of :func:`tune` (every member alone, then mixes) on ``tune_root``: how a set
+def tune_ensemble_weights(ensemble: EnsembleConfig, tune_on, workdir, space: SearchSpace
+                          ) -> tuple[EnsembleConfig, Path]:
+    """Only the weight search of :func:`tune` (every member alone, then mixes) on ``tune_on``: how a set
     of candidate members compares; table in ``workdir/tuning/weights.md``."""
-    vdir = Path(workdir) / "tune"
-    run_ensemble(ensemble, tune_root, vdir)
-    run = load_run(tune_root, vdir)
-    boot = Bootstrap(read_solution(Path(tune_root) / "recognition_solution.csv"),
-                     read_solution(Path(tune_root) / "retrieval_solution.csv"), run.test_ids, space.resamples,
-                     space.seed)
+    folders = tune_folders(tune_on, workdir)
+    for folder in folders:
+        prepare(folder, ensemble)
+    boot = pooled_bootstrap(folders, space)
     table = Tables(space.level)
-    tuned = tune_weights(ensemble, vdir, run, boot, space, table)
+    tuned = tune_weights(ensemble, folders, boot, space, table)
     atomic_write_csv(table.frame(), Path(workdir) / "tuning" / "weights.csv")
-    return tuned, write_text(Path(workdir) / "tuning" / "weights.md", _header(tune_root, space) + table.markdown())
+    return tuned, write_text(Path(workdir) / "tuning" / "weights.md", _header(folders, space) + table.markdown())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -331,7 +438,8 @@ def main(argv: list[str] | None = None) -> None:
     from .ensemble import load_ensemble
 
     ap = argparse.ArgumentParser(description=tune_ensemble_weights.__doc__)
-    ap.add_argument("--tune-on", required=True, help="labelled Kaggle-layout folder")
+    ap.add_argument("--tune-on", required=True, nargs="+",
+                    help="labelled folder(s): Kaggle layout, or photos (one folder per landmark, or <label>__<name>)")
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--ensemble", default="ensembles/zero-shot-candidates.yaml")
     ap.add_argument("--search", default="submissions/search.yaml", help="weights grid, resamples, seed")

@@ -20,6 +20,7 @@ import torch
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
+from .checkpoint import resolve_device
 from .local import Features, FeatureStore
 
 MODELS = ("homography", "affine", "degensac-homography", "degensac-fundamental")
@@ -163,8 +164,6 @@ def _chunk_features(pairs: Sequence[tuple[str, str]], feats: FeatureStore | dict
 
 
 def _device(cfg: VerifyConfig) -> str:
-    from .train import resolve_device  # lazily: RANSAC workers import this module and need no timm
-
     return str(resolve_device(cfg.device))
 
 

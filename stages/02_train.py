@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Stage 02: train a backbone with GeM + FC/BN neck + ArcFace / CosFace / sub-center ArcFace / softmax head,
-or a triplet / GE2E embedding loss on N landmarks x M images batches (--head triplet|ge2e, --per-class M).
+or a triplet / GE2E embedding loss on N landmarks x M images batches (--head triplet|ge2e, --per-class M), or
+the label-free U-Net reconstruction baseline (--head reconstruction; its pooled bottleneck is the descriptor).
 
   python stages/02_train.py --data-root runs/demo/synthetic --workdir runs/train/lite0 [--recipe R.yaml]
                             [--model tf_efficientnet_lite0 --epochs 5 --image-size 224 ...]

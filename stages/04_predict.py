@@ -3,7 +3,7 @@
 
   python stages/04_predict.py --data-root R --workdir W [--ensemble ensembles/zero-shot.yaml] [--name N]
                              [--recipe submissions/soft-vote.yaml] [--k 3 --suppress-fraction 0.01]
-                             [--tune-on V [--search submissions/search.yaml]] [--ablate [--solution-dir D]]
+                             [--tune-on V [V2 ...] [--search submissions/search.yaml]] [--ablate [--solution-dir D]]
 
 Writes WORKDIR/submissions/<name>/recognition.csv and retrieval.csv (validated) and prints their paths as the
 last two lines, so scripts can pick them up. Neighbours are keyed by the ensemble they were searched for:
@@ -13,13 +13,15 @@ settings) gets its members' descriptors extracted where missing and the concaten
 ``retrieval_solution.csv`` in --solution-dir, default the data root) and writes the tables to
 WORKDIR/ablation/<name>/{recognition,retrieval}.{md,csv}, printing them first.
 
-``--tune-on V`` (a labelled Kaggle-layout folder: train/ test/ index/ train.csv and both solution CSVs)
-extracts V with the ensemble into WORKDIR/tune, chooses member weights and the post-processing recipe on V
-(paired bootstrap, a change kept only when its 95% lower bound is above zero; tables in WORKDIR/tuning/),
-writes WORKDIR/tuned.yaml and WORKDIR/tuned-ensemble.yaml, then predicts --data-root with them. A --recipe
-given with it is the search's starting point. V = --data-root is warned about (optimistic tables) and its
-descriptors are extracted once. Solutions under --data-root are never read (only --ablate reads solutions,
-from --solution-dir).
+``--tune-on V`` (a labelled photo folder: one folder per landmark plus distractors/, or flat
+<label>__<name> files, tuned every photo a query, each photo's own image left out; or a labelled Kaggle-layout
+folder: train/ test/ index/ train.csv and both solution CSVs) extracts V with the ensemble into WORKDIR/tune,
+chooses member weights and the post-processing recipe on V (paired bootstrap, a change kept only when its 95%
+lower bound is above zero; tables in WORKDIR/tuning/), writes WORKDIR/tuned.yaml and
+WORKDIR/tuned-ensemble.yaml, then predicts --data-root with them. Several folders (``--tune-on V1 V2``) are
+pooled, the bootstrap resampling each folder's queries. A --recipe given with it is the search's starting
+point. V = --data-root is warned about (optimistic tables) and its descriptors are extracted once. Solutions
+under --data-root are never read (only --ablate reads solutions, from --solution-dir).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", help="post-processing recipe (submissions/*.yaml); default plain kNN top-1")
     ap.add_argument("--ablate", action="store_true", help="score every step of both chains (tables like smlyaka 2019)")
     ap.add_argument("--solution-dir", help="folder with the solution CSVs for --ablate (default --data-root)")
-    ap.add_argument("--tune-on", help="labelled Kaggle-layout folder to choose weights and recipe on")
+    ap.add_argument("--tune-on", nargs="+", help="labelled folder(s) to choose weights and recipe on: photos (one "
+                                                 "folder per landmark, or <label>__<name> files) or Kaggle layout")
     ap.add_argument("--search", default="submissions/search.yaml", help="the recipe space searched by --tune-on")
     add_recipe_flags(ap, PredictConfig)
     args = ap.parse_args(argv)
@@ -65,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = args.ensemble or (own if own.is_file() else DEFAULT_ENSEMBLE)
         ensemble = load_ensemble(recipe)
         if args.tune_on:
-            same = Path(args.tune_on).resolve() == Path(args.data_root).resolve()
-            if same:
+            same = [Path(v).resolve() == Path(args.data_root).resolve() for v in args.tune_on]
+            if any(same):
                 log.warning("--tune-on is --data-root: the tuning tables then score the data being predicted, so "
                             "their figures are optimistic; tune on a folder of other photos for honest ones")
             base = load_recipe(PredictConfig, args.recipe, overrides) if args.recipe or overrides else None
@@ -74,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             for table in tuned.tables.values():
                 print(f"{table}:\n{table.read_text()}")
             print(f"tuned recipe: {tuned.recipe_path}\ntuned ensemble: {tuned.ensemble_path}")
+            reuse = [f.vdir for f, s in zip(tuned.folders, same) if s and not f.every_photo]
             run_ensemble(tuned.ensemble, args.data_root, workdir, args.train_csv,
-                         reuse_from=[workdir / "tune"] if same else ())  # same images: descriptors taken, not redone
+                         reuse_from=reuse)  # same images: descriptors taken, not redone
             cfg = tuned.recipe
         else:
             if not neighbours_ready(ensemble, workdir):

@@ -1,4 +1,4 @@
-"""The bad-input matrix of issue 16: image files a web-scale crawl contains, written over chosen ids of a
+"""The bad-input matrix: image files a web-scale crawl contains, written over chosen ids of a
 Kaggle-layout competition. Each case says whether the kit must decode it (``ok``) or skip it with a reason."""
 
 from __future__ import annotations

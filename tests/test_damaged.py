@@ -1,4 +1,4 @@
-"""Damaged files in a run folder (issue 24): every kind of cached artifact, cut to half its bytes as a full disk
+"""Damaged files in a run folder: every kind of cached artifact, cut to half its bytes as a full disk
 or an interrupted copy leaves it, is named in a warning, removed and made again by the same run (exit 0, the
 undamaged run's outputs); a damaged checkpoint, an input, is refused in one line naming it (exit 2)."""
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from landmark_kit.checkpoint import TrainConfig, load_trained
 from landmark_kit.delg import extract_delg
 from landmark_kit.local import Features, LocalConfig, TensorTransform, extract_local
 from landmark_kit.models import LandmarkNet, create_backbone, input_normalisation
-from landmark_kit.train import TrainConfig, load_trained, train
+from landmark_kit.train import train
 from landmark_kit.verify import VerifyConfig, verify_pair
 from test_verify import H, _texture
 

@@ -1,4 +1,4 @@
-"""Same seed, same outputs on CPU (issue 16), stage by stage. Where another test already compares two runs
+"""Same seed, same outputs on CPU, stage by stage. Where another test already compares two runs
 from scratch, it is named here instead of run twice:
 
 - synthetic data: tests/test_synthetic.py::test_deterministic_across_worker_counts (1 vs 2 workers);

@@ -1,4 +1,4 @@
-"""The kit's CSV and recipe readers under hypothesis (issue 16): train.csv / GLDv2-clean, solutions,
+"""The kit's CSV and recipe readers under hypothesis: train.csv / GLDv2-clean, solutions,
 recognition and retrieval submissions, submission validation and YAML recipes. Whatever the bytes, a reader
 returns a result that keeps its invariants or raises DataError / RecipeError naming the file; never another
 exception, never a silently wrong frame. Byte-order marks and Windows line endings parse like plain files."""
@@ -107,7 +107,7 @@ RECIPE_LINES = st.sampled_from([
 @FUZZ
 @given(st.one_of(st.binary(max_size=200), st.lists(RECIPE_LINES, max_size=6).map(lambda l: "\n".join(l).encode())))
 def test_recipe_reader(content):
-    from landmark_kit.train import TrainConfig
+    from landmark_kit.checkpoint import TrainConfig
 
     path = _write(content)
     cfg = _named_error(path, lambda: load_recipe(TrainConfig, path))

@@ -35,7 +35,12 @@ def test_build_and_run_local_write_a_scored_submission(track, tiny_ensemble, tin
     assert list((out / "dataset" / "wheels").glob("landmark_kit-*.whl"))
     assert (out / "dataset" / "recipe.yaml").is_file() and (out / "dataset" / "ensemble.yaml").is_file()
     capsys.readouterr()
-    assert kaggle.main(["run-local", str(out), "--competition-root", str(tiny_competition)]) == 0
+    cores = os.sched_getaffinity(0)
+    capped = ["--cpus", "1"] if track == "retrieval" else []  # one track runs like Kaggle's few-CPU kernels
+    assert kaggle.main(["run-local", str(out), "--competition-root", str(tiny_competition), *capped]) == 0
+    assert os.sched_getaffinity(0) == cores  # this process gets its CPUs back
+    executed = (out / "local" / meta["code_file"]).read_text()
+    assert ("1 CPU(s): loader and verification workers capped to 1" in executed) == bool(capped)
     submission = capsys.readouterr().out.strip().splitlines()[-1]
     test_ids = scan_split(tiny_competition, "test")
     scores = score_files(tiny_competition / f"{track}_solution.csv", submission)["scores"]["All"]
@@ -196,3 +201,34 @@ def test_competition_download_unzips_and_checks_through_the_kaggle_cli(tiny_comp
     monkeypatch.setenv("HOME", str(tmp_path))
     run = subprocess.run(stage, capture_output=True, text=True, cwd=kaggle.REPO)
     assert run.returncode == 2 and "no Kaggle credentials" in run.stderr
+
+
+def test_kernel_limits_pin_cpus_cap_threads_and_hide_gpus():
+    env, cores = kaggle.kernel_limits(1, gpu=False)
+    assert env["OMP_NUM_THREADS"] == env[kaggle.CPUS_ENV] == "1" and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert cores == {min(os.sched_getaffinity(0))}
+    assert kaggle.kernel_limits(None, gpu=True) == ({}, None)
+    with pytest.raises(RuntimeError, match="--cpus 0"):
+        kaggle.kernel_limits(0, gpu=True)
+    with pytest.raises(RuntimeError, match="may use"):
+        kaggle.kernel_limits(len(os.sched_getaffinity(0)) + 1, gpu=True)
+
+
+def test_build_takes_the_user_from_kaggle_json(tmp_path, monkeypatch):
+    """As Kaggle's CLI: $KAGGLE_USERNAME first, else username in ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
+    assert kaggle.KernelConfig().owner() == "your-kaggle-username"
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "from-json", "key": "k"}')
+    assert kaggle.KernelConfig().owner() == "from-json"
+    assert kaggle.KernelConfig(user="flag").owner() == "flag"
+    monkeypatch.setenv("KAGGLE_USERNAME", "from-env")
+    assert kaggle.KernelConfig().owner() == "from-env"
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "kaggle.json").write_text("not json")
+    with pytest.raises(RuntimeError, match="not a Kaggle token"):
+        kaggle.KernelConfig().owner()

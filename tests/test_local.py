@@ -95,3 +95,38 @@ def test_cache_key_holds_only_what_changes_the_features(tmp_path):
     first = LocalConfig(backend="delg", checkpoint=str(model)).cache_key()
     model.write_bytes(b"two")  # same path, new weights: a new cache
     assert LocalConfig(backend="delg", checkpoint=str(model)).cache_key() != first
+
+
+def test_a_backend_is_one_decorated_function_and_unknown_names_list_the_registered(tiny_competition, tmp_path,
+                                                                                      monkeypatch):
+    import importlib
+
+    import pytest
+
+    from landmark_kit import local
+
+    monkeypatch.setattr(local, "BACKENDS", dict(local.BACKENDS))  # registrations of this test stay here
+
+    @local.register_backend("corners", key=lambda cfg: {"grid": 4})
+    def corners(cfg, data_root, split, todo, store, progress, source=None):
+        kp = np.array([[0, 0, 1, 0], [10, 10, 1, 0]], np.float32)
+        store.write_shard(todo, [local.Features(kp, np.eye(2, 128, dtype=np.float32), (20, 20)) for _ in todo], {})
+        return store
+
+    ids = pd.read_csv(tiny_competition / "train.csv", dtype={"id": str})["id"].tolist()[:3]
+    store = extract_local(LocalConfig(backend="corners"), tiny_competition, "train", ids, tmp_path)
+    assert store.folder.parent.name.startswith("corners-") and len(store.load_all()[ids[0]].keypoints) == 2
+    assert LocalConfig(backend="corners").cache_key()["grid"] == 4
+    with pytest.raises(ValueError, match="registered twice"):
+        local.register_backend("corners")(corners)
+    with pytest.raises(ValueError, match=r"unknown local-feature backend 'nope'; choose one of \[.*'corners'.*"
+                                         r"'rootsift'"):
+        LocalConfig(backend="nope").cache_key()
+    imported = []
+
+    def fake_import(name):  # a module landmark_kit/local_<name>.py registering itself on import
+        imported.append(name)
+        local.register_backend("lazy")(corners)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    assert local.backend("lazy").extract is corners and imported == ["landmark_kit.local_lazy"]

@@ -146,3 +146,16 @@ def test_hex_fast_path_and_text_fallback_agree():
     assert retrieval_metrics(preds, solution)["mAP@100"] == pytest.approx(expected)
     preds["q0"] = preds["q0"] + ["NOT-A-HEX-ID"]  # one odd token sends everything down the text path
     assert retrieval_metrics(preds, solution)["mAP@100"] == pytest.approx(brute_map(preds, solution))
+
+
+def test_ids_sharing_low_bits_with_ground_truth_are_not_hits():
+    """The hex path's low-bit table only pre-filters: ids equal to a positive in their low 22+ bits but not in
+    the high ones must not count, and the positives behind them still score at their ranks."""
+    rng = np.random.default_rng(2)
+    high = rng.integers(1, 2**20, 40)
+    pool = [f"{(h << 40) | 0xABCDE:016x}" for h in high]  # every id: the same low 40 bits
+    solution = {f"q{i}": list(rng.choice(pool[:20], 3, replace=False)) for i in range(25)}
+    preds = {q: list(rng.choice(pool, 30, replace=False)) for q in solution}
+    assert retrieval_metrics(preds, solution)["mAP@100"] == pytest.approx(brute_map(preds, solution))
+    misses = {q: pool[20:] for q in solution}
+    assert retrieval_metrics(misses, solution)["mAP@100"] == 0.0

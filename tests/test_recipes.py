@@ -103,3 +103,23 @@ def test_launcher_rank_takes_env_only_where_no_flag_set_it(monkeypatch):
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert launcher_rank({}) == {}
+
+
+def test_a_plugin_registers_once_and_is_imported_the_first_time_a_recipe_names_it(tmp_path, monkeypatch):
+    from landmark_kit.recipes import add_plugin, find_plugin
+
+    (tmp_path / "plugs").mkdir()
+    (tmp_path / "plugs" / "__init__.py").write_text("REGISTRY = {}\n")
+    (tmp_path / "plugs" / "thing_lazy_one.py").write_text("from plugs import REGISTRY\nREGISTRY['lazy-one'] = 7\n")
+    (tmp_path / "plugs" / "thing_broken.py").write_text("import no_such_module_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from plugs import REGISTRY
+
+    add_plugin(REGISTRY, "eager", 1, "thing")
+    with pytest.raises(ValueError, match="thing 'eager' is registered twice"):
+        add_plugin(REGISTRY, "eager", 2, "thing")
+    assert find_plugin(REGISTRY, "lazy-one", "thing", "plugs.thing") == 7  # plugs/thing_lazy_one.py, imported
+    with pytest.raises(RecipeError, match=r"unknown thing 'nope'; choose one of \['eager', 'lazy-one'\]"):
+        find_plugin(REGISTRY, "nope", "thing", "plugs.thing", RecipeError)
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_here"):  # a plug-in's own import errors surface
+        find_plugin(REGISTRY, "broken", "thing", "plugs.thing")

@@ -1,4 +1,4 @@
-"""The run report (issue 17) rendered from a tiny run of every stage: each section's figure exists and the
+"""The run report rendered from a tiny run of every stage: each section's figure exists and the
 HTML references only files that exist; a slow test opens it in headless Chromium."""
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ def tiny_run(tiny_competition, tmp_path_factory):
 def test_report_has_every_section_and_only_existing_files(tiny_run, tiny_competition):
     index = build_report(tiny_run, data_root=tiny_competition)
     page = index.read_text()
-    for title in ("Cleaning: tiny", "Training: tiny", "Retrieval: sampled test queries",
-                  "Retrieval: worst test queries", "Highest-scoring non-landmark queries",
-                  "Local matches of verified pairs", "Cleaning examples: tiny", "Embedding map"):
+    for title in ("Label cleaning (stage 01) tiny", "Training (stage 02) tiny",
+                  "Retrieval examples: test queries drawn", "Retrieval examples: the test queries with the lowest", "Recognition pitfalls: non-landmark",
+                  "Spatial verification: matched points", "Label cleaning examples (tiny)", "Descriptor map (t-SNE)",
+                  "Stage 04 step by step, recognition (GAP)"):
         assert f">{title}" in page, title
+    assert "val_gap" not in page and "validation GAP" not in page  # validation off: its columns left out
+    assert not re.search(r"<td>\d+\.\d{5,}</td>", page)  # rounded like the docs tables
     assert "recognition" in page and "GAP" in page  # the --ablate tables
     sources = re.findall(r'src="([^"]+)"', page)
     assert len(sources) >= 9
@@ -64,6 +67,20 @@ def test_markdown_tables_become_html_tables():
     out = markdown_to_html("# Title\n\n| a | b |\n|---|---|\n| 1 | <x> |\ntext\n<!-- generated -->\n")
     assert out == ("<p>Title</p><table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>&lt;x&gt;</td></tr>"
                    "</table><p>text</p>")
+
+
+def test_cells_are_rounded_like_the_docs_tables_and_empty_columns_left_out():
+    import pandas as pd
+
+    from landmark_kit.report import frame_html, number
+
+    assert [number(v) for v in (0.548123, 5.23456, 123.456, 12345.6, 2e-05, 3, 12000, None, float("nan"), "main")] \
+        == ["0.5481", "5.2346", "123.5", "12,346", "2e-05", "3", "12,000", "", "", "main"]
+    frame = pd.DataFrame({"epoch": [1, 2], "img_s": [150.25, 160.0], "val_gap": [float("nan")] * 2})
+    assert frame_html(frame, {"img_s": "images/s"}) == ("<table><tr><th>epoch</th><th>images/s</th></tr>"
+                                                       "<tr><td>1</td><td>150.2</td></tr>"
+                                                       "<tr><td>2</td><td>160.0</td></tr></table>")
+    assert "<th>b</th>" not in markdown_to_html("| a | b |\n|---|---|\n| 1 |  |\n")
 
 
 def test_an_empty_workdir_still_gets_a_page(tmp_path):

@@ -1,4 +1,4 @@
-"""Shard-level resume of every long stage (issue 16): each stage is SIGKILLed mid-way (tests/killrun.py),
+"""Shard-level resume of every long stage: each stage is SIGKILLed mid-way (tests/killrun.py),
 restarted with the same command, and must end with exactly the outputs of an uninterrupted run, having kept
 the pieces finished before the kill."""
 

@@ -1,4 +1,4 @@
-"""Revisited Oxford / Paris (issue 25): ground truth readers (.pkl restricted, .mat 1-based), ranks.csv, the
+"""Revisited Oxford / Paris: ground truth readers (.pkl restricted, .mat 1-based), ranks.csv, the
 Easy / Medium / Hard protocol against hand-computed values and a transcription of the benchmark's own loop."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pytest
 from landmark_kit.search import knn
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("backend", ["torch", "faiss", "auto"])
 def test_knn_equals_numpy_brute_force_in_chunks(backend, monkeypatch):
     import landmark_kit.search as search
 
@@ -64,3 +64,54 @@ def test_ivf_with_every_list_probed_is_exact_and_pq_keeps_most_neighbours():
     _, pq = knn(q, db, 10, index="IVF16,PQ16x8", nprobe=16)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pq, exact)])
     assert 0.5 < recall <= 1.0
+
+
+def test_auto_backend_follows_a_measurement_or_the_recorded_choice(monkeypatch):
+    """The slower backend loses whichever it is; the choice is kept for the process; a small search or a
+    recorded choice ($LANDMARK_KIT_SEARCH_BACKEND) measures nothing."""
+    import time
+
+    import landmark_kit.search as search
+
+    rng = np.random.default_rng(3)
+    q, db = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    monkeypatch.delenv(search.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(search, "_chosen", {})
+    assert search.choose_backend(q, db, 5) == "torch" and search._chosen == {}  # too small to measure
+    monkeypatch.setattr(search, "MEASURE_ABOVE", 0)
+    torch_flat, faiss_flat = search._torch_flat, search._faiss_flat
+    monkeypatch.setattr(search, "_torch_flat", lambda *a, **k: time.sleep(0.05) or torch_flat(*a, **k))
+    assert search.choose_backend(q, db, 5) == "faiss"
+    monkeypatch.setattr(search, "_torch_flat", torch_flat)
+    assert search.choose_backend(q, db, 5) == "faiss"  # measured once per process
+    monkeypatch.setattr(search, "_chosen", {})
+    monkeypatch.setattr(search, "_faiss_flat", lambda *a, **k: time.sleep(0.05) or faiss_flat(*a, **k))
+    assert search.choose_backend(q, db, 5) == "torch"
+    monkeypatch.setenv(search.BACKEND_ENV, "faiss")
+    assert search.choose_backend(q, db, 5) == "faiss"
+    monkeypatch.setenv(search.BACKEND_ENV, "gpu")
+    with pytest.raises(ValueError, match="choose torch or faiss"):
+        knn(q, db, 5)
+
+
+def test_an_exact_search_backend_is_one_decorated_function(monkeypatch):
+    import landmark_kit.search as search
+
+    monkeypatch.setattr(search, "BACKENDS", dict(search.BACKENDS))  # registrations of this test stay here
+    calls = []
+
+    @search.register_search_backend("numpy")
+    def brute(queries, database, k, use_gpu, chunk, resident_bytes):
+        calls.append(k)
+        ids = np.argsort(-(queries @ database.T), axis=1)[:, :k]
+        return np.take_along_axis(queries @ database.T, ids, 1), ids
+
+    rng = np.random.default_rng(4)
+    q, db = rng.normal(size=(6, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    assert np.array_equal(knn(q, db, 4, backend="numpy")[1], knn(q, db, 4, backend="torch")[1]) and calls == [4]
+    monkeypatch.setenv(search.BACKEND_ENV, "numpy")
+    assert search.choose_backend(q, db, 4) == "numpy"
+    with pytest.raises(ValueError, match="unknown search backend 'gpu'; choose auto, torch, faiss or numpy"):
+        knn(q, db, 4, backend="gpu")
+    with pytest.raises(ValueError, match="registered twice"):
+        search.register_search_backend("numpy")(brute)

@@ -1,4 +1,4 @@
-"""Security basics (issue 16): the code never unpickles untrusted files, never builds shell strings, reads
+"""Security basics: the code never unpickles untrusted files, never builds shell strings, reads
 YAML safely; a booby-trapped checkpoint is refused without running its payload; ids cannot become paths
 outside the data root."""
 
@@ -81,7 +81,7 @@ class _Payload:
 
 def test_a_booby_trapped_checkpoint_is_refused_without_running_it(tmp_path):
     from landmark_kit.models import read_state_dict
-    from landmark_kit.train import load_trained
+    from landmark_kit.checkpoint import load_trained
 
     marker = tmp_path / "ran.txt"
     bad = tmp_path / "model.pt"

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
+from landmark_kit.checkpoint import TrainConfig, load_trained
 from landmark_kit.ensemble import load_ensemble, run_ensemble
 from landmark_kit.recipes import RecipeError
-from landmark_kit.train import TrainConfig, load_trained, train
+from landmark_kit.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--model", "test_efficientnet", "--weights", "none", "--epochs", "1", "--image-size", "64",
