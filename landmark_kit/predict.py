@@ -367,7 +367,18 @@ def predict(
     data_root: str | os.PathLike, workdir: str | os.PathLike, out_dir: str | os.PathLike, train_csv=None,
     cfg: PredictConfig | None = None,
 ) -> tuple[Path, Path]:
-    """Both CSVs from the last step of each chain in ``cfg``, written to ``out_dir`` and validated."""
+    """Both CSVs from the last step of each chain in ``cfg``, written to ``out_dir`` and validated.
+
+    Args:
+        data_root: the Kaggle-layout competition folder (test / index / train images, ``train.csv``).
+        workdir: stage 03's run directory (its features and saved neighbours are read, never recomputed here).
+        out_dir: where ``recognition.csv``, ``retrieval.csv`` and ``skipped.csv`` are written (atomically).
+        train_csv: the train list whose labels are voted (default ``<data_root>/train.csv``).
+        cfg: the post-processing recipe (default: plain kNN top-1 and the ranked index list).
+
+    Returns:
+        The paths of the recognition and retrieval CSVs.
+    """
     cfg = cfg or PredictConfig()
     run = load_run(data_root, workdir, train_csv)
     *_, (_, labels, scores) = recognition_steps(cfg, run, data_root)

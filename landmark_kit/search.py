@@ -187,6 +187,19 @@ def knn(
     exact torch search streams databases whose float32 copy exceeds ``resident_bytes`` (a GLDv2 train set of
     six members: 1.6M x 3072 floats = 20 GB) block by block from their memory map. ``backend`` (exact search):
     a registered one (``torch``, ``faiss``: :func:`register_search_backend`) or ``auto`` (:func:`choose_backend`).
+
+    Args:
+        queries: ``(Q, D)`` descriptors (L2-normalised for cosine similarity).
+        database: ``(N, D)`` descriptors, an array or a memory map.
+        k: neighbours per query.
+        chunk: queries (and database rows) per block.
+        use_gpu: search on CUDA (default: when present).
+        index: ``Flat`` (exact) or a faiss factory string such as ``IVF4096,PQ64`` (approximate).
+        nprobe: lists visited per query by an IVF index.
+        train_size: database rows sampled to train a compressed index.
+        seed: the sampling seed for that training.
+        backend: the exact search's backend (see above).
+        resident_bytes: the largest float32 database held in memory; larger ones stream from the map.
     """
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise ValueError(f"shape mismatch: queries {queries.shape}, database {database.shape}")
