@@ -68,16 +68,17 @@ def plan(data: Path, data8: Path, out: Path, smoke: bool, cuda: bool, record: bo
     images, batch = (16, 8) if smoke else (4000 if cuda else 256, 64 if cuda else 16)
     extract = ["--data", data, "--images", images, "--batch-size", batch, "--workers", workers, *rec]
     lite0, lite2, r101 = (64, 64, 64) if smoke else (224, 384, 512)
+    big_name = "ResNet-18 (for ResNet-101)" if smoke else "ResNet-101"  # the rows say what actually ran
     ext_keys = ("bare_forward_img_per_s", "extract_img_per_s", "ratio")
     parts = [
-        Part("Lite0 224, loader decode", "extract", [_python("bench_extract.py", *extract, "--size", lite0,
+        Part(f"Lite0 {lite0}, loader decode", "extract", [_python("bench_extract.py", *extract, "--size", lite0,
                                                              "--decode", "cpu")], 1, ext_keys),
-        Part("Lite0 224, device decode (nvjpeg)", "extract",
+        Part(f"Lite0 {lite0}, device decode (nvjpeg)", "extract",
              [_python("bench_extract.py", *extract, "--size", lite0, "--decode", "device")], 1, ext_keys),
-        Part("Lite2 384 aspect, device decode", "extract",
+        Part(f"Lite2 {lite2} aspect, device decode", "extract",
              [_python("bench_extract.py", *extract, "--model", "tf_efficientnet_lite2", "--size", lite2, "--aspect",
                       "--decode", "device" if cuda or smoke else "cpu")], 1, ext_keys),
-        Part("ResNet-101 512 x 3 scales", "extract",  # smoke: a ResNet-18 stands in (same code path)
+        Part(f"{big_name} {r101} x 3 scales", "extract",  # smoke: a ResNet-18 stands in (same code path)
              [_python("bench_extract.py", *extract, "--model", "resnet18" if smoke else "resnet101", "--size", r101,
                       "--scales", 0.75, 1, 1.25,
                       "--decode", "device" if cuda or smoke else "cpu")], 1.5, ext_keys),
@@ -91,7 +92,7 @@ def plan(data: Path, data8: Path, out: Path, smoke: bool, cuda: bool, record: bo
     parts += [
         Part("demo recipe", "train", [_python("bench_train.py", "--data", data, *demo, "--epochs", 1 if smoke else 2,
                                               "--steps", 2 if smoke else 20, *rec)], 1.5, step_keys),
-        Part("ResNet-101 512 px recipe", "train", [_python("bench_train.py", "--data", data, *big, "--epochs", 1,
+        Part(f"{big_name} {r101} px recipe", "train", [_python("bench_train.py", "--data", data, *big, "--epochs", 1,
                                                            "--steps", 2 if smoke else 10, *rec)], 2, step_keys),
         Part("torchrun, tiny recipe, kill + resume", "ddp",
              [_python("bench_ddp.py", "--data", data8, *rec,
