@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .artifacts import write_bytes, write_text
-from .data import DataError, atomic_write_csv, image_path
+from .artifacts import atomic_write_csv, write_bytes, write_text
+from .data import DataError, image_path
 from .submission import write_competition_files
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}

@@ -335,7 +335,7 @@ def find_inputs(input_root=None) -> tuple[Path, Path]:
 def complete_submission(path: Path, test_ids: list[str], track: str) -> int:
     """Give every test id a row of the track's submission (empty prediction when missing, e.g. an unreadable
     image), written atomically; returns how many were added."""
-    from .data import atomic_write_csv
+    from .artifacts import atomic_write_csv
     from .submission import HEADERS
 
     header = HEADERS[track]

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifacts import write_text
-from .data import atomic_write_csv
+from .artifacts import atomic_write_csv, write_text
 from .ensemble import EnsembleConfig, load_ensemble
 from .folders import DISTRACTOR, collect, plan_items
 from .intervals import Estimate
 from .predict import PredictConfig
-from .readme import machine, markdown_table
+from .ledger import machine, markdown_table
 from .tuning import (TRACKS, SearchSpace, apply_overrides, load_space, pooled_bootstrap, prepare, score_folders,
                      tune_folders)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import atomic_path, write_text
-from .data import DataError, atomic_write_csv, image_path
+from .artifacts import atomic_path, atomic_write_csv, write_text
+from .data import DataError, image_path
 from .ensemble import EnsembleConfig, concatenate, extract_members, load_features, require_checkpoints, save_features
 from .folders import collect, photo_id, write_jpeg
 from .search import knn

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import DamagedArtifact, append_part, discard, load_npz, parts, read_chunks
-from .data import DataError, ImageSource, atomic_write_csv, read_train_csv
+from .artifacts import DamagedArtifact, append_part, atomic_write_csv, discard, load_npz, parts, read_chunks
+from .data import DataError, ImageSource, read_train_csv
 from .ensemble import load_ensemble, load_features, run_ensemble, skipped_images
 from .local import LocalConfig, extract_local
 from .photofolder import augmented_leave_one_out_knn, leave_one_out_knn

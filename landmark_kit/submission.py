@@ -529,7 +529,7 @@ def write_competition_files(
     Private per test row. A test image's retrieval ground truth is the index images of its landmark;
     queries with none are Ignored, as in the GLDv2 retrieval solution.
     """
-    from .data import atomic_write_csv
+    from .artifacts import atomic_write_csv
 
     out = Path(out)
     ids = test["id"].tolist()

@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .artifacts import write_text
-from .data import DataError, atomic_write_csv
+from .artifacts import atomic_write_csv, write_text
+from .data import DataError
 from .ensemble import EnsembleConfig, joined_features, run_ensemble
 from .intervals import Bootstrap, Estimate
 from .photofolder import PHOTO_SPLIT, extract_every_photo, is_kaggle_layout, own_rows, working_copy
 from .predict import PredictConfig, RunData, check_config, load_run, recognition_steps, retrieval_steps
-from .readme import machine, markdown_table
+from .ledger import machine, markdown_table
 from .recipes import RecipeError, from_dict, load_recipe, save_recipe, to_dict
 from .recognition import nearest_neighbour_labels
 from .retrieval import neighbour_lists
