@@ -155,10 +155,13 @@ def estimate(ensemble, recipe, rates: Rates, test: int, index: int, train: int, 
                  "work": f"{search / 1e12:,.1f} TFLOP", "rate": f"{_show(rates.search_gflops)} GFLOP/s",
                  "hours": search / (rates.search_gflops * 1e9) / 3600})
     global_rerank = [(name, min(top, index)) for name, top in (("k-reciprocal", recipe.kreciprocal),
-                                                               ("SuperGlobal", recipe.superglobal))
+                                                               ("SuperGlobal", recipe.superglobal),
+                                                               ("diffusion", recipe.diffusion))
                      if top > 0 and index]
-    if global_rerank:  # similarities within each query's shortlist, then small weighted sums
-        flops = sum(2 * test * (top + 1) ** 2 * dim for _, top in global_rerank)
+    if global_rerank:  # similarities within each query's shortlist, then small weighted sums; diffusion also
+        # solves a dense linear system of the query and its shortlist, about 2/3 (top + 1)^3 per query
+        flops = sum(2 * test * (top + 1) ** 2 * dim + (2 * test * (top + 1) ** 3 / 3 if name == "diffusion" else 0)
+                    for name, top in global_rerank)
         rows.append({"step": f"global re-ranking ({', '.join(f'{n} of top {t}' for n, t in global_rerank)})",
                      "work": f"{flops / 1e12:,.2f} TFLOP", "rate": f"{_show(rates.search_gflops)} GFLOP/s",
                      "hours": flops / (rates.search_gflops * 1e9) / 3600})

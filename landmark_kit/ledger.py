@@ -3,9 +3,10 @@
 A benchmark or measurement script run with ``--record`` appends its result as one JSON line to
 ``benchmarks/results/<name>.jsonl`` with the date, the machine (:func:`machine`) and
 its command line; :func:`render` turns a ledger into ``<name>.md`` (a table plus the commands that made its
-rows), which docs include as a generated block (``python -m landmark_kit.readme``). Figures measured on a
-borrowed GPU machine outlive it this way. Rows measured before the ledger existed carry a ``source`` naming the note
-they were transcribed from; the table marks them ``[n]`` and lists the sources under it.
+rows), which docs include as a generated block (``python -m landmark_kit.readme``). Figures measured on
+another machine (a GPU box) render on any machine this way. Rows measured before the ledger existed carry a
+``source`` naming the note they were transcribed from; the table marks them ``[n]`` and lists the sources
+under it.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from .artifacts import atomic_path, atomic_write_csv, write_text
 from .data import DataError, image_path
 from .ensemble import EnsembleConfig, concatenate, extract_members, load_features, require_checkpoints, save_features
 from .folders import collect, photo_id, write_jpeg
+from .recognition import soft_vote
 from .search import knn
 from .submission import write_recognition, write_retrieval
 
@@ -137,39 +138,100 @@ def leave_one_out_knn(queries: np.ndarray, database: np.ndarray, k: int, own: np
     return drop_own(scores, rows, own)
 
 
+class LeaveOneOutDBA:
+    """alpha-DBA (:func:`~landmark_kit.retrieval.database_augment`) of a database as if each query's own image
+    were not in it: where the own image is one of an image's ``dba_k`` neighbours, its share is replaced by the
+    next neighbour's, pair by pair. Dense (queries x database): photo folders are small."""
+
+    def __init__(self, database: np.ndarray, dba_k: int, alpha: float) -> None:
+        db = self.db = np.asarray(database, np.float32)
+        n = len(db)
+        self.weights = np.zeros((n, n), np.float32)  # each image's neighbours' weights in its augmented sum
+        self.nxt, self.w_nxt = np.zeros(n, np.int64), np.zeros(n, np.float32)  # the next neighbour after them
+        if dba_k > 0 and n > 1:
+            s, r = knn(db, db, min(dba_k + 2, n))
+            w = np.where((r == np.arange(n)[:, None]) | (r < 0), 0.0, np.maximum(s, 0.0) ** alpha).astype(np.float32)
+            head = min(dba_k + 1, n)
+            np.add.at(self.weights, (np.repeat(np.arange(n), head), np.maximum(r[:, :head], 0).ravel()),
+                      w[:, :head].ravel())
+            if r.shape[1] > head:
+                self.nxt, self.w_nxt = np.maximum(r[:, head], 0), w[:, head]
+        self.summed = db + self.weights @ db  # unnormalised augmented descriptors
+
+    def _shares(self, own: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per query and image: the own image's weight in that image's sum, the weight of the neighbour taking
+        its place, and the own image's row (clipped)."""
+        mine = np.maximum(own, 0)
+        share = np.where((own >= 0)[:, None], self.weights[:, mine].T, 0.0)
+        return share, np.where(share > 0, self.w_nxt[None], 0.0), mine
+
+    def search(self, queries: np.ndarray, k: int, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """kNN of ``queries`` among the augmented descriptors, each query's own image (``own``: its row, -1
+        none) out of every sum and of its list."""
+        q, db, summed = np.asarray(queries, np.float32), self.db, self.summed
+        has = own >= 0
+        share, swap, mine = self._shares(own)
+        x_own, x_nxt = db[mine], db[self.nxt]
+        numerator = q @ summed.T - share * (q * x_own).sum(axis=1, keepdims=True) + swap * (q @ x_nxt.T)
+        norm2 = ((summed * summed).sum(axis=1)[None] + share ** 2 * (x_own * x_own).sum(axis=1, keepdims=True)
+                 + swap ** 2 * (x_nxt * x_nxt).sum(axis=1)[None] - 2 * share * (x_own @ summed.T)
+                 + 2 * swap * (x_nxt * summed).sum(axis=1)[None] - 2 * share * swap * (x_own @ x_nxt.T))
+        scores = numerator / np.sqrt(np.maximum(norm2, 1e-24))
+        scores[np.flatnonzero(has), mine[has]] = -np.inf
+        width = min(k, len(db) - int(has.any()))
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+        return np.take_along_axis(scores, order, axis=1).astype(np.float32), order.astype(np.int64)
+
+    def descriptors(self, rows: np.ndarray, own: np.ndarray) -> np.ndarray:
+        """The augmented, L2-normalised descriptors ``(Q, K, D)`` of each query's ``rows`` as if its own image
+        (``own``) were not in the database: what query expansion after DBA may use."""
+        share, swap, mine = self._shares(own)
+        idx = np.maximum(rows, 0)
+        take = np.take_along_axis
+        out = (self.summed[idx] - take(share, idx, axis=1)[..., None] * self.db[mine][:, None]
+               + take(swap, idx, axis=1)[..., None] * self.db[self.nxt[idx]])
+        return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
+
+
 def augmented_leave_one_out_knn(queries: np.ndarray, database: np.ndarray, k: int, own: np.ndarray, dba_k: int,
                                 alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """kNN among alpha-DBA-augmented database descriptors (:func:`~landmark_kit.retrieval.database_augment`) as
-    if each query's own image were not in the database: where it is one of an image's ``dba_k`` neighbours,
-    its share is replaced by the next neighbour's, pair by pair; then its own row is dropped. Dense (queries x
-    database): photo folders are small."""
-    db = np.asarray(database, np.float32)
-    q = np.asarray(queries, np.float32)
-    n = len(db)
-    weights = np.zeros((n, n), np.float32)
-    nxt, w_nxt = np.zeros(n, np.int64), np.zeros(n, np.float32)  # each image's next neighbour after its dba_k
-    if dba_k > 0 and n > 1:
-        s, r = knn(db, db, min(dba_k + 2, n))
-        w = np.where((r == np.arange(n)[:, None]) | (r < 0), 0.0, np.maximum(s, 0.0) ** alpha).astype(np.float32)
-        head = min(dba_k + 1, n)
-        np.add.at(weights, (np.repeat(np.arange(n), head), np.maximum(r[:, :head], 0).ravel()), w[:, :head].ravel())
-        if r.shape[1] > head:
-            nxt, w_nxt = np.maximum(r[:, head], 0), w[:, head]
-    summed = db + weights @ db  # unnormalised augmented descriptors
-    has = own >= 0
-    mine = np.maximum(own, 0)
-    share = np.where(has[:, None], weights[:, mine].T, 0.0)  # (Q, N): the query's image's weight in each image
-    swap = np.where(share > 0, w_nxt[None], 0.0)  # and the weight of the neighbour that takes its place
-    x_own, x_nxt = db[mine], db[nxt]
-    numerator = q @ summed.T - share * (q * x_own).sum(axis=1, keepdims=True) + swap * (q @ x_nxt.T)
-    norm2 = ((summed * summed).sum(axis=1)[None] + share ** 2 * (x_own * x_own).sum(axis=1, keepdims=True)
-             + swap ** 2 * (x_nxt * x_nxt).sum(axis=1)[None] - 2 * share * (x_own @ summed.T)
-             + 2 * swap * (x_nxt * summed).sum(axis=1)[None] - 2 * share * swap * (x_own @ x_nxt.T))
-    scores = numerator / np.sqrt(np.maximum(norm2, 1e-24))
-    scores[np.flatnonzero(has), mine[has]] = -np.inf
-    width = min(k, n - int(has.any()))
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
-    return np.take_along_axis(scores, order, axis=1).astype(np.float32), order.astype(np.int64)
+    """kNN among alpha-DBA-augmented database descriptors as if each query's own image were not in the
+    database (:class:`LeaveOneOutDBA`); its own row dropped too."""
+    return LeaveOneOutDBA(database, dba_k, alpha).search(queries, k, own)
+
+
+def leave_one_out_expand(queries: np.ndarray, dba: LeaveOneOutDBA, scores: np.ndarray, rows: np.ndarray, k: int,
+                         alpha: float, own: np.ndarray) -> np.ndarray:
+    """alpha-query expansion (:func:`~landmark_kit.retrieval.query_expand`) with the query's ``k`` best
+    neighbours' augmented descriptors taken without its own image's share."""
+    rows, scores = rows[:, :k], scores[:, :k]
+    weights = np.where(rows >= 0, np.maximum(scores, 0.0) ** alpha, 0.0).astype(np.float32)
+    summed = np.asarray(queries, np.float32) + np.einsum("nk,nkd->nd", weights, dba.descriptors(rows, own))
+    return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+
+
+def leave_one_out_votes(scores: np.ndarray, rows: np.ndarray, train_labels: np.ndarray, k: int,
+                        query_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each index image's soft-voted label and confidence (:func:`~landmark_kit.recognition.soft_vote` over
+    ``k``) for each query, as if the query's photo were not a train image: ``scores`` / ``rows`` hold each index
+    image's ``k + 1`` nearest train images (its own photo already left out), ``query_train`` each query's train
+    row (-1 none). Where the query's photo is among an image's ``k`` voters, the ``k + 1``-th votes in its
+    place. Returns two (queries, index images) tables; dense, like :class:`LeaveOneOutDBA`."""
+    n, k = len(rows), max(1, k)
+    pad = max(0, k + 1 - rows.shape[1])
+    rows = np.pad(rows[:, : k + 1], ((0, 0), (0, pad)), constant_values=-1)
+    scores = np.pad(scores[:, : k + 1], ((0, 0), (0, pad)))
+    # voter sets: row p < k leaves out column p (the (k+1)-th steps in), the last row is the first k columns
+    cols = np.array([[c for c in range(k + 1) if c != p] for p in range(k)] + [list(range(k))])
+    labels, confidence = soft_vote(scores[:, cols].reshape(-1, k), rows[:, cols].reshape(-1, k), train_labels, k)
+    labels, confidence = labels.reshape(n, k + 1), confidence.reshape(n, k + 1)
+    position = np.full((n, len(train_labels)), k)  # each train image's place among an index image's voters
+    voter, slot = np.nonzero(rows[:, :k] >= 0)
+    position[voter, rows[voter, slot]] = slot
+    has = query_train >= 0
+    pick = np.where(has[:, None], position[:, np.maximum(query_train, 0)].T, k)  # (Q, N)
+    images = np.arange(n)[None, :]
+    return labels[images, pick], confidence[images, pick]
 
 
 def photo_ids(root: str | os.PathLike) -> tuple[list[str], list[str]]:

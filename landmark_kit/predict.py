@@ -19,10 +19,11 @@ from .artifacts import DamagedArtifact, append_part, atomic_write_csv, discard, 
 from .data import DataError, ImageSource, read_train_csv
 from .ensemble import load_ensemble, load_features, run_ensemble, skipped_images
 from .local import LocalConfig, extract_local
-from .photofolder import augmented_leave_one_out_knn, leave_one_out_knn
+from .photofolder import (LeaveOneOutDBA, leave_one_out_expand, leave_one_out_knn, leave_one_out_votes,
+                          own_rows)
 from .recognition import nearest_neighbour_labels, nonlandmark_penalty, soft_vote, suppress_frequent, verified_vote
 from .recipes import config_digest, to_dict
-from .reranking import kreciprocal_rerank, superglobal_rerank
+from .reranking import diffusion_rerank, kreciprocal_rerank, superglobal_rerank
 from .retrieval import (database_augment, discriminative_rerank, local_rerank, neighbour_lists, partition_rerank,
                         query_expand, soft_rerank)
 from .search import knn
@@ -64,6 +65,9 @@ class PredictConfig:
     superglobal: int = 0  # > 0: SuperGlobal re-ranking (MDescAug) of the first N (Shao et al., ICCV 2023)
     superglobal_k: int = 9
     superglobal_beta: float = 0.15
+    diffusion: int = 0  # > 0: diffusion re-ranking of the first N (Iscen et al., CVPR 2017)
+    diffusion_k: int = 10  # reciprocal nearest neighbours in the graph of the query and its first N
+    diffusion_alpha: float = 0.99  # share of each step's relevance passed on to neighbours (0 < alpha < 1)
     soft_rerank: bool = False  # GLR2021 soft up/down: similarity +up x confidence (same label), -down x (other)
     rerank_up: float = 1.0
     rerank_down: float = 1.0
@@ -92,6 +96,11 @@ def check_config(cfg: PredictConfig) -> PredictConfig:
     for name in ("local_fusion", "local_half", "superglobal_beta", "kreciprocal_k1", "superglobal_k"):
         if getattr(cfg, name) < 0:
             raise DataError(f"{name} must be >= 0, found {getattr(cfg, name)!r}")
+    if not 0.0 < cfg.diffusion_alpha < 1.0:
+        raise DataError(f"diffusion_alpha is the share of relevance passed on each step (strictly between 0 and 1), "
+                        f"found {cfg.diffusion_alpha!r}")
+    if cfg.diffusion_k < 1:
+        raise DataError(f"diffusion_k counts the nearest neighbours of the graph (>= 1), found {cfg.diffusion_k!r}")
     return cfg
 
 
@@ -220,8 +229,18 @@ def _matching_key(cfg: VerifyConfig) -> dict:
 
 def index_predictions(run: RunData, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Predicted label and confidence of every index image from its train neighbours (soft-voting over k);
-    the index -> train search is kept in ``run.cache`` for the widest k asked so far."""
+    the index -> train search is kept in ``run.cache`` for the widest k asked so far. Every-photo runs give
+    (queries, index images) tables instead: an image's vote leaves out its own photo and the query's, as if
+    neither were a train image (:func:`~landmark_kit.photofolder.leave_one_out_votes`)."""
     k = max(k, 1)
+    if "train" in run.own:
+        key = ("index_train_loo", k)
+        if key not in run.cache:
+            index, _ = load_features(run.features, "index")
+            train, _ = load_features(run.features, "train")
+            s, r = leave_one_out_knn(index, train, k + 1, own_rows(run.index_ids, run.train_ids))
+            run.cache[key] = leave_one_out_votes(s, r, run.train_labels, k, run.own["train"])
+        return run.cache[key]
     cached = run.cache.get("index_train")
     if cached is None or cached[0].shape[1] < min(k, len(run.train_ids)):
         index, _ = load_features(run.features, "index")
@@ -295,7 +314,7 @@ def recognition_steps(cfg: PredictConfig, run: RunData, data_root) -> Iterator[t
 def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: np.ndarray,
                     query_scores: np.ndarray | None = None) -> Iterator[tuple[str, list[np.ndarray] | np.ndarray]]:
     """The retrieval chain, one ``(step name, index rows)`` per step switched on in ``cfg``: kNN, DBA/QE
-    (a new search), training-free global re-ranking (k-reciprocal, SuperGlobal), then local-feature
+    (a new search), training-free global re-ranking (k-reciprocal, SuperGlobal, diffusion), then local-feature
     re-ranking of the first rows and label re-ranking (soft up/down and/or the hard partition of
     discriminative re-ranking, with the queries' recognised labels ``query_labels``; only the
     ``rerank_confident`` fraction with the best ``query_scores``) in the order ``rerank_first`` says, then
@@ -304,24 +323,25 @@ def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: n
     rows, scores = run.index_neighbours, run.index_scores
     yield "kNN", rows
     if cfg.dba_k > 0 or cfg.qe_k > 0:
-        plain = index = np.asarray(load_features(run.features, "index")[0], np.float32)
+        index = np.asarray(load_features(run.features, "index")[0], np.float32)
         queries = np.asarray(load_features(run.features, "test")[0], np.float32)
-        if cfg.dba_k > 0:
-            index = database_augment(index, cfg.dba_k, cfg.qe_alpha)
         k = min(max(cfg.retrieval_k, run.index_neighbours.shape[1]), len(index))
         if "index" in run.own:  # leave-one-out: the query's own image is not in the index, nor in its DBA
             own = run.own["index"]
-            scores, rows = augmented_leave_one_out_knn(queries, plain, k, own, cfg.dba_k, cfg.qe_alpha)
+            dba = LeaveOneOutDBA(index, cfg.dba_k, cfg.qe_alpha)
+            scores, rows = dba.search(queries, k, own)
             if cfg.qe_k > 0:
-                expanded = query_expand(queries, index, scores, rows, cfg.qe_k, cfg.qe_alpha)
-                scores, rows = augmented_leave_one_out_knn(expanded, plain, k, own, cfg.dba_k, cfg.qe_alpha)
+                expanded = leave_one_out_expand(queries, dba, scores, rows, cfg.qe_k, cfg.qe_alpha, own)
+                scores, rows = dba.search(expanded, k, own)
         else:
+            if cfg.dba_k > 0:
+                index = database_augment(index, cfg.dba_k, cfg.qe_alpha)
             scores, rows = knn(queries, index, k)
             if cfg.qe_k > 0:
                 scores, rows = knn(query_expand(queries, index, scores, rows, cfg.qe_k, cfg.qe_alpha), index, k)
         names = [f"DBA (k={cfg.dba_k})"] * (cfg.dba_k > 0) + [f"alpha-QE (k={cfg.qe_k})"] * (cfg.qe_k > 0)
         yield f"+ {', '.join(names)} (alpha={cfg.qe_alpha:g})", rows
-    if cfg.kreciprocal > 0 or cfg.superglobal > 0:
+    if cfg.kreciprocal > 0 or cfg.superglobal > 0 or cfg.diffusion > 0:
         index = load_features(run.features, "index")[0]
         queries = load_features(run.features, "test")[0]
         if cfg.kreciprocal > 0:
@@ -332,6 +352,10 @@ def retrieval_steps(cfg: PredictConfig, run: RunData, data_root, query_labels: n
             rows, scores = superglobal_rerank(rows, scores, queries, index, cfg.superglobal, cfg.superglobal_k,
                                               cfg.superglobal_beta)
             yield f"+ SuperGlobal re-ranking (top {cfg.superglobal}, k={cfg.superglobal_k})", rows
+        if cfg.diffusion > 0:
+            rows, scores = diffusion_rerank(rows, scores, queries, index, cfg.diffusion, cfg.diffusion_k,
+                                            cfg.diffusion_alpha)
+            yield f"+ diffusion re-ranking (top {cfg.diffusion}, k={cfg.diffusion_k})", rows
     labels = np.asarray(query_labels)
     if cfg.rerank_confident < 1.0 and query_scores is not None:
         labels = np.where(confident_queries(query_scores, cfg.rerank_confident), labels, -1)

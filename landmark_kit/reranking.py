@@ -8,9 +8,13 @@ no local features), so it holds up on any index:
 - SuperGlobal's re-ranking (Shao et al., "Global Features are All You Need for Image Retrieval and
   Reranking", ICCV 2023): MDescAug refines each of the first ``m`` images' descriptors with its ``k`` nearest
   images among them, then the query, expanded by the element-wise maximum of its ``k`` best refined
-  neighbours, re-scores them (the mean of both similarities).
+  neighbours, re-scores them (the mean of both similarities);
+- diffusion (Iscen et al., "Efficient Diffusion on Region Manifolds: Recovering Small Objects with Compact CNN
+  Representations", CVPR 2017): the query's relevance spreads over the reciprocal k-nearest-neighbour graph of
+  the query and its first ``m`` images, so an image reached through a chain of mutual neighbours can rank
+  above a closer image that nothing else leads to.
 
-Both re-sort the first ``m`` entries of each row and keep the rest behind them; -1 padding stays last.
+Each re-sorts the first ``m`` entries of each row and keeps the rest behind them; -1 padding stays last.
 """
 
 from __future__ import annotations
@@ -97,4 +101,41 @@ def superglobal_rerank(rows: np.ndarray, scores: np.ndarray, queries: np.ndarray
         expanded = np.where(np.isfinite(expanded), expanded, 0.0)
         second = (refined @ expanded[:, :, None])[:, :, 0]
         key[start: start + CHUNK] = np.where(ok, (first + second) / 2, -np.inf)
+    return _resort(rows, scores, width, key)
+
+
+def diffusion_rerank(rows: np.ndarray, scores: np.ndarray, queries: np.ndarray, index: np.ndarray, m: int = 50,
+                     k: int = 10, alpha: float = 0.99, gamma: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Diffusion re-ranking of the first ``m`` entries of each row, truncated to the query's shortlist: the
+    nodes are the query and those images; two nodes are joined when each is among the other's ``k`` nearest
+    (itself excluded), with affinity max(similarity, 0)^``gamma``; with A those affinities (zero diagonal) and
+    S = D^-1/2 A D^-1/2 (D the degrees, a node without edges left at zero), the images are ranked by f, the
+    solution of (I - ``alpha`` S) f = y. y is the query node's indicator, as the paper does (after Zhou et
+    al.'s ranking on data manifolds) for a query that is a point of the graph; its other y, the similarities
+    of a query outside the graph to its nearest images, is not needed, since here the query is a node and its
+    similarities enter through A. Images out of the query's connected part get f = 0 and keep their order
+    behind the others. Returns the rows and their original similarities in the new order."""
+    top, valid, _ = _shortlist(rows, m)
+    width = top.shape[1]
+    key = np.full(top.shape, -np.inf)
+    n = width + 1
+    kk = max(1, min(k, n - 1))
+    eye = np.eye(n, dtype=bool)
+    for start in range(0, len(rows), CHUNK):
+        block, ok = top[start: start + CHUNK], valid[start: start + CHUNK]
+        nodes = np.concatenate([np.asarray(queries[start: start + CHUNK], np.float32)[:, None],
+                                np.asarray(index, np.float32)[np.maximum(block, 0)]], axis=1)  # (B, n, D)
+        present = np.concatenate([np.ones((len(block), 1), bool), ok], axis=1)
+        sim = (nodes @ np.swapaxes(nodes, 1, 2)).astype(np.float64)
+        sim = np.where(present[:, :, None] & present[:, None, :] & ~eye, sim, -np.inf)
+        kth = -np.sort(-sim, axis=2)[:, :, kk - 1: kk]  # each node's k-th best other node
+        near = (sim >= kth) & np.isfinite(sim)  # j among i's k nearest
+        affinity = np.where(near & np.swapaxes(near, 1, 2), np.maximum(sim, 0.0) ** gamma, 0.0)
+        degree = affinity.sum(axis=2)
+        scale = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-300)), 0.0)
+        system = eye - alpha * scale[:, :, None] * affinity * scale[:, None, :]
+        y = np.zeros((len(block), n, 1))
+        y[:, 0] = 1.0
+        f = np.linalg.solve(system, y)[:, 1:, 0]  # (B, width)
+        key[start: start + CHUNK] = np.where(ok, f, -np.inf)
     return _resort(rows, scores, width, key)

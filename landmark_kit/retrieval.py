@@ -14,6 +14,14 @@ def neighbour_lists(neighbours, index_ids: Sequence[str], k: int = 100) -> list[
     return [ids[row[row >= 0][:k]].tolist() for row in neighbours]
 
 
+def per_entry(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``table``'s value for each entry of ``rows`` (index positions, -1 read as 0): a table over the index
+    images ``(N,)``, or one per query ``(Q, N)`` (every-photo tuning, where an image's label depends on which
+    photo is the query)."""
+    safe = np.maximum(rows, 0)
+    return table[safe] if table.ndim == 1 else np.take_along_axis(table, safe, axis=1)
+
+
 def discriminative_rerank(
     neighbours: np.ndarray, query_labels: np.ndarray, index_labels: np.ndarray, index_confidence: np.ndarray,
     k: int = 100, append: bool = True, own: np.ndarray | None = None,
@@ -22,22 +30,29 @@ def discriminative_rerank(
     images whose predicted label equals the query's move ahead of the others (order kept inside both
     groups); with ``append``, index images of that label not yet retrieved follow them, most confident
     first, and the list is cut at ``k``. Queries without a label (-1) keep their row. ``own``: each query's own
-    index row (-1 none), never appended (every-photo-a-query tuning)."""
+    index row (-1 none), never appended; ``index_labels`` / ``index_confidence`` may be per-query tables
+    ``(Q, N)`` (every-photo-a-query tuning, :func:`per_entry`)."""
     by_label: dict[int, np.ndarray] = {}
-    order = np.argsort(-index_confidence, kind="stable")
-    for label in np.unique(query_labels[query_labels >= 0]):
-        by_label[int(label)] = order[index_labels[order] == label]
+    if index_labels.ndim == 1:
+        order = np.argsort(-index_confidence, kind="stable")
+        for label in np.unique(query_labels[query_labels >= 0]):
+            by_label[int(label)] = order[index_labels[order] == label]
     out = []
     own = np.full(len(query_labels), -1) if own is None else own
-    for row, label, mine in zip(neighbours, query_labels, own):
+    for q, (row, label, mine) in enumerate(zip(neighbours, query_labels, own)):
         row = row[row >= 0]
         if label < 0:
             out.append(row[:k])
             continue
-        same = index_labels[row] == label
+        labels = index_labels if index_labels.ndim == 1 else index_labels[q]
+        same = labels[row] == label
         parts = [row[same]]
         if append:
-            extra = by_label[int(label)]
+            if index_labels.ndim == 1:
+                extra = by_label[int(label)]
+            else:
+                extra = np.flatnonzero(labels == label)
+                extra = extra[np.argsort(-index_confidence[q, extra], kind="stable")]
             parts.append(extra[~np.isin(extra, row) & (extra != mine)])
         parts.append(row[~same])
         out.append(np.concatenate(parts)[:k])
@@ -97,10 +112,11 @@ def soft_rerank(rows: np.ndarray, scores: np.ndarray, query_labels: np.ndarray, 
     similarity rises by ``up`` x its label confidence when its predicted label is the query's and falls by
     ``down`` x that confidence otherwise; each row is re-sorted by the result (stable). Unlike the hard
     partition, a confident same-label image can still rank behind a much closer one. Queries without a label
-    (-1) keep their row. Returns the rows and their original similarities in the new order."""
+    (-1) keep their row. ``index_labels`` / ``index_confidence`` may be per-query tables (:func:`per_entry`).
+    Returns the rows and their original similarities in the new order."""
     valid = rows >= 0
-    labels = np.where(valid, index_labels[np.maximum(rows, 0)], -2)
-    confidence = np.where(valid, index_confidence[np.maximum(rows, 0)], 0.0)
+    labels = np.where(valid, per_entry(index_labels, rows), -2)
+    confidence = np.where(valid, per_entry(index_confidence, rows), 0.0)
     same = labels == query_labels[:, None]
     adjusted = scores + np.where(same, up, -down) * confidence * (query_labels[:, None] >= 0)
     order = np.argsort(-np.where(valid, adjusted, -np.inf), axis=1, kind="stable")
@@ -111,8 +127,9 @@ def partition_rerank(rows: np.ndarray, scores: np.ndarray, query_labels: np.ndar
                      ) -> tuple[np.ndarray, np.ndarray]:
     """The hard partition of discriminative re-ranking on fixed-width rows: index images whose predicted label
     is the query's move ahead, order kept in both groups (-1 padding stays last). Returns rows and their
-    similarities in the new order, so other re-rankers can follow it."""
+    similarities in the new order, so other re-rankers can follow it. ``index_labels`` may be a per-query
+    table (:func:`per_entry`)."""
     valid = rows >= 0
-    same = valid & (np.where(valid, index_labels[np.maximum(rows, 0)], -2) == query_labels[:, None])
+    same = valid & (np.where(valid, per_entry(index_labels, rows), -2) == query_labels[:, None])
     order = np.argsort(np.where(same, 0, np.where(valid, 1, 2)), axis=1, kind="stable")
     return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)

@@ -41,7 +41,7 @@ def test_ensemble_and_every_prediction_step_are_deterministic(tiny_competition, 
                       "flip: true}\nworkers: 1\n")
     post = tmp_path / "p.yaml"
     post.write_text("k: 3\nverify_shortlist: 5\ninlier_floor: 5\nnonlandmark_pool: index\nsuppress_fraction: 0.01\n"
-                    "dba_k: 1\nqe_k: 1\nlocal_rerank: 5\nrerank: true\n"
+                    "dba_k: 1\nqe_k: 1\nkreciprocal: 10\nsuperglobal: 10\ndiffusion: 10\nlocal_rerank: 5\nrerank: true\n"
                     "local: {max_keypoints: 200, workers: 1}\nverify: {workers: 2}\n")
     for name in ("a", "b"):
         run_stage("04_predict.py", "--data-root", tiny_competition, "--workdir", tmp_path / f"w{name}", "--ensemble",

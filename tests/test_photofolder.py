@@ -13,9 +13,11 @@ from PIL import Image
 
 from landmark_kit.data import DataError, image_path
 from landmark_kit.intervals import Bootstrap
-from landmark_kit.photofolder import (augmented_leave_one_out_knn, drop_own, leave_one_out_knn, own_rows,
-                                      working_copy)
-from landmark_kit.retrieval import database_augment, discriminative_rerank
+from landmark_kit.photofolder import (LeaveOneOutDBA, augmented_leave_one_out_knn, drop_own, leave_one_out_expand,
+                                      leave_one_out_knn, leave_one_out_votes, own_rows, working_copy)
+from landmark_kit.recognition import soft_vote
+from landmark_kit.retrieval import (database_augment, discriminative_rerank, partition_rerank, query_expand,
+                                    soft_rerank)
 from landmark_kit.search import knn
 from landmark_kit.submission import RECOGNITION, RETRIEVAL, Solution, read_solution
 from landmark_kit.tuning import tune_folders
@@ -56,6 +58,58 @@ def test_dba_leave_one_out_equals_augmenting_the_index_without_the_query():
     plain_s, plain_r = augmented_leave_one_out_knn(queries, db, 5, own, dba_k=0, alpha=3.0)
     loo_s, loo_r = leave_one_out_knn(queries, db, 5, own)
     assert (plain_r == loo_r).all() and np.allclose(plain_s, loo_s, atol=1e-5)
+
+
+def test_query_expansion_after_dba_leaves_the_query_out_of_its_neighbours_descriptors():
+    rng = np.random.default_rng(2)
+    db = _unit(rng, 14)
+    db[3] = db[0] + 0.05 * _unit(rng, 1)[0]  # photo 3 sits next to photo 0: its DBA holds a share of 0
+    db[3] /= np.linalg.norm(db[3])
+    own = np.array([0, 7, -1])
+    queries = np.concatenate([db[own[:2]], _unit(rng, 1)])
+    dba = LeaveOneOutDBA(db, 2, 3.0)
+    scores, rows = dba.search(queries, 6, own)
+    got_s, got_r = dba.search(leave_one_out_expand(queries, dba, scores, rows, 2, 3.0, own), 6, own)
+    for q, o in enumerate(own):
+        keep = np.flatnonzero(np.arange(len(db)) != o)
+        augmented = database_augment(db[keep], 2, 3.0)
+        s, r = knn(queries[q: q + 1], augmented, 6)
+        want_s, want_r = knn(query_expand(queries[q: q + 1], augmented, s, r, 2, 3.0), augmented, 6)
+        assert keep[want_r[0]].tolist() == got_r[q].tolist()
+        assert np.allclose(want_s[0], got_s[q], atol=1e-5)
+    leaky = query_expand(queries, database_augment(db, 2, 3.0), scores, rows, 2, 3.0)
+    assert not np.allclose(leaky[0], leave_one_out_expand(queries, dba, scores, rows, 2, 3.0, own)[0], atol=1e-4)
+
+
+def test_index_labels_are_voted_without_the_query_photo_nor_the_image_itself():
+    rng = np.random.default_rng(3)
+    train = _unit(rng, 10)
+    train_labels = np.array([0, 0, 1, 1, 2, 2, 0, 1, 2, 1])
+    index = np.concatenate([train[[1, 4]], _unit(rng, 3)])  # two index images are train photos themselves
+    own_index = np.array([1, 4, -1, -1, -1])
+    query_train = np.array([0, 2, 6, -1])  # each query's own train photo (-1: a distractor query)
+    k = 3
+    s, r = leave_one_out_knn(index, train, k + 1, own_index)
+    labels, confidence = leave_one_out_votes(s, r, train_labels, k, query_train)
+    assert labels.shape == confidence.shape == (4, 5)
+    for q, mine in enumerate(query_train):
+        for j in range(5):
+            keep = np.flatnonzero((np.arange(10) != mine) & (np.arange(10) != own_index[j]))
+            ws, wr = knn(index[j: j + 1], train[keep], k)
+            want_label, want_conf = soft_vote(ws, keep[wr], train_labels, k)
+            assert labels[q, j] == want_label[0] and np.isclose(confidence[q, j], want_conf[0], atol=1e-5)
+
+
+def test_label_rerankers_read_per_query_tables():
+    rows, scores = np.array([[0, 1, 2], [0, 1, 2]]), np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]])
+    table = np.array([[5, 5, 6], [6, 5, 6]])  # image 0's label differs by query
+    out, _ = partition_rerank(rows, scores, np.array([6, 6]), table)
+    assert out.tolist() == [[2, 0, 1], [0, 2, 1]]
+    out, _ = soft_rerank(rows, scores, np.array([6, 6]), table, np.ones((2, 3)), up=1.0, down=0.0)
+    assert out.tolist() == [[2, 0, 1], [0, 2, 1]]
+    appended = discriminative_rerank(rows[:, :1], np.array([6, 6]), table, np.array([[1, 1, 0.5], [0.2, 1, 0.9]]),
+                                     k=3)
+    assert [a.tolist() for a in appended] == [[2, 0], [0, 2]]
 
 
 def test_appended_positives_never_bring_back_the_query_itself():
