@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable, Mapping
 
 import numpy as np
+import pandas as pd
 
 from .data import DataError
-from .metrics import global_average_precision, retrieval_per_query, summarise_retrieval, top1_accuracy
+from .metrics import EncodedRetrieval, _hex_ids, recognition_parts, retrieval_per_query, summarise_retrieval
 from .submission import (
     RECOGNITION,
+    RETRIEVAL,
+    USAGES,
     Solution,
     detect_track,
     read_recognition,
@@ -21,24 +24,14 @@ from .submission import (
 PARTS = ("Public", "Private", "All")
 
 
-def _parts(solution: Solution) -> dict[str, dict[str, list]]:
-    return {"Public": solution.public, "Private": solution.private, "All": solution.all}
-
-
 def score_recognition(solution: Solution, submission_path: str | os.PathLike) -> dict[str, dict[str, float]]:
-    """GAP, GAP ignoring non-landmark images and top-1 per Usage part."""
+    """GAP, GAP ignoring non-landmark images and top-1 per Usage part (predictions matched and ranked once)."""
     pred = read_recognition(submission_path, solution.ids)
-    out = {}
-    for part, sol in _parts(solution).items():
-        p = pred[pred["id"].isin(sol.keys())]
-        out[part] = {
-            "images": len(sol),
-            "landmark_images": sum(1 for v in sol.values() if v),
-            "GAP": global_average_precision(p, sol),
-            "GAP_landmarks_only": global_average_precision(p, sol, ignore_non_landmarks=True),
-            "top1": top1_accuracy(p, sol),
-        }
-    return out
+    everything = solution.all
+    pred = pred[pred["id"].isin(list(everything))]  # Ignored images take no part
+    is_public = np.fromiter((q in solution.public for q in everything), dtype=bool, count=len(everything))
+    return recognition_parts(pred, everything, {"Public": is_public, "Private": ~is_public,
+                                                "All": np.ones_like(is_public)})
 
 
 def score_retrieval(solution: Solution, submission_path: str | os.PathLike,
@@ -49,9 +42,16 @@ def score_retrieval(solution: Solution, submission_path: str | os.PathLike,
     """
     pred = read_retrieval_encoded(submission_path, solution.ids, index_ids)
     everything = solution.all
-    pred = pred.select(np.fromiter((q in everything for q in pred.queries), dtype=bool, count=len(pred.queries)))
-    per_query = retrieval_per_query(pred, everything)
     is_public = np.fromiter((q in solution.public for q in everything), dtype=bool, count=len(everything))
+    return _retrieval_scores(pred, everything, everything, is_public)
+
+
+def _retrieval_scores(pred: EncodedRetrieval, scored: Collection[str], truth: Mapping[str, list] | EncodedRetrieval,
+                      is_public: np.ndarray) -> dict[str, dict[str, Any]]:
+    """The parts' figures given the submission, the queries ``scored`` (Public and Private), their ground truth
+    in its order and which of them are Public."""
+    pred = pred.select(np.fromiter((q in scored for q in pred.queries), dtype=bool, count=len(pred.queries)))
+    per_query = retrieval_per_query(pred, truth)
     out = {}
     for part, rows in (("Public", is_public), ("Private", ~is_public), ("All", np.ones_like(is_public))):
         if rows.any():
@@ -59,17 +59,72 @@ def score_retrieval(solution: Solution, submission_path: str | os.PathLike,
     return out
 
 
+def _retrieval_truth(path: str | os.PathLike) -> tuple[set[str], EncodedRetrieval, np.ndarray] | None:
+    """A retrieval solution of Kaggle ids (16 lowercase hex characters, single spaces) read without a Python
+    string per index id: every query id (Ignored too), the Public then Private queries (the order of
+    ``Solution.all``) with their ground truth as uint64, and which of them are Public. None for any other
+    file and for one that breaks a rule: :func:`read_solution` reads it, or names the problem. Accepts
+    exactly what its fast reader accepts, less the ids that are not Kaggle ids."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError):
+        return None
+    if df.shape[1] < 3 or df.columns[2].strip() != "Usage":
+        return None
+    ids, images, usage = (df.iloc[:, i] for i in range(3))
+    if ids.duplicated().any() or not usage.isin(USAGES).all():
+        return None
+    usage = usage.to_numpy(dtype=object)
+    public = np.flatnonzero(usage == "Public")
+    order = np.concatenate([public, np.flatnonzero(usage == "Private")])
+    texts = images.to_numpy(dtype=object)[order]
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    if ((lengths > 0) & ((lengths + 1) % 17 != 0)).any():  # every id takes 16 characters and a space
+        return None
+    counts = (lengths + 1) // 17
+    total = int(counts.sum())
+    texts = texts[lengths > 0]
+    tokens = _hex_ids(" ".join(texts.tolist()), total) if total else np.zeros(0, np.uint64)
+    if tokens is None:
+        return None
+    names = ids.to_numpy(dtype=object)
+    queries = names[order].tolist()
+    return set(names.tolist()), EncodedRetrieval(queries, counts, tokens), np.arange(len(order)) < len(public)
+
+
+def _score_retrieval_files(solution_path: str | os.PathLike, submission_path: str | os.PathLike,
+                           index_ids: Iterable[str] | None) -> dict[str, dict[str, Any]]:
+    """Retrieval scoring of two files; a solution of Kaggle ids is read by :func:`_retrieval_truth`, any
+    other by :func:`read_solution`. Errors come in the order of the steps (solution, track, submission)."""
+    truth = _retrieval_truth(solution_path)
+    if truth is None:
+        solution = read_solution(solution_path)
+        _same_track(solution_path, RETRIEVAL, submission_path)
+        return score_retrieval(solution, submission_path, index_ids)
+    _same_track(solution_path, RETRIEVAL, submission_path)
+    query_ids, gt, is_public = truth
+    pred = read_retrieval_encoded(submission_path, query_ids, index_ids)
+    return _retrieval_scores(pred, set(gt.queries), gt, is_public)
+
+
+def _same_track(solution_path: str | os.PathLike, solution_track: str, submission_path: str | os.PathLike) -> str:
+    track = detect_track(submission_path)
+    if track != solution_track:
+        raise DataError(f"{submission_path} is a {track} submission but {solution_path} is a {solution_track} solution")
+    return track
+
+
 def score_files(solution_path: str | os.PathLike, submission_path: str | os.PathLike,
                 index_ids: Iterable[str] | None = None) -> dict[str, Any]:
     """Score any submission against a solution; the track is taken from the headers (they must agree).
     ``index_ids`` (retrieval): the index images a row may name."""
-    solution = read_solution(solution_path)
-    track = detect_track(submission_path)
-    if track != solution.track:
-        raise DataError(f"{submission_path} is a {track} submission but {solution_path} is a {solution.track} solution")
-    scores = score_recognition(solution, submission_path) if track == RECOGNITION else score_retrieval(
-        solution, submission_path, index_ids
-    )
+    if detect_track(solution_path) == RETRIEVAL:
+        scores = _score_retrieval_files(solution_path, submission_path, index_ids)
+        track = RETRIEVAL
+    else:
+        solution = read_solution(solution_path)
+        track = _same_track(solution_path, solution.track, submission_path)
+        scores = score_recognition(solution, submission_path)
     return {"track": track, "solution": str(solution_path), "submission": str(submission_path), "scores": scores}
 
 

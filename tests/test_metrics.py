@@ -159,3 +159,32 @@ def test_ids_sharing_low_bits_with_ground_truth_are_not_hits():
     assert retrieval_metrics(preds, solution)["mAP@100"] == pytest.approx(brute_map(preds, solution))
     misses = {q: pool[20:] for q in solution}
     assert retrieval_metrics(misses, solution)["mAP@100"] == 0.0
+
+
+def test_encoded_truth_and_two_thread_filter_match_the_mapping_path():
+    """12,000 queries: the hashed filter runs in two halves (threads); a solution given as uint64 rows (what
+    the scorer reads) scores exactly as the same solution given as lists."""
+    from landmark_kit.metrics import EncodedRetrieval, retrieval_per_query
+
+    rng = np.random.default_rng(2)
+    pool = rng.integers(0, 2**63, 5000).astype(np.uint64)
+    text = np.char.mod("%016x", pool).astype(object)
+    solution = {f"{i:016x}": list(text[rng.integers(0, len(pool), rng.integers(0, 12))]) for i in range(12_000)}
+    preds = {q: list(text[rng.integers(0, len(pool), 30)]) + gt[:2] for q, gt in solution.items() if q[-1] != "7"}
+    sizes = np.array([len(v) for v in solution.values()])
+    truth = EncodedRetrieval(list(solution), sizes, np.array([int(t, 16) for v in solution.values() for t in v],
+                                                               dtype=np.uint64))
+    lists, encoded = retrieval_per_query(preds, solution), retrieval_per_query(preds, truth)
+    assert all(np.array_equal(lists[key], encoded[key]) for key in lists)
+    some = {q: gt for q, gt in list(solution.items())[:300] if gt}  # brute_map divides by |gt|
+    assert retrieval_metrics({q: preds[q] for q in some if q in preds}, some)["mAP@100"] == pytest.approx(
+        brute_map({q: preds[q] for q in some if q in preds}, some))
+
+
+def test_average_precision_sums_only_the_hits_bit_for_bit():
+    from landmark_kit.metrics import _sum_at_hits
+
+    rng = np.random.default_rng(3)
+    rel = rng.random((4000, 100)) < rng.choice([0.0, 0.01, 0.05, 0.3], (4000, 1))
+    precision = np.cumsum(rel, axis=1) / np.arange(1, 101)
+    assert np.array_equal(_sum_at_hits(rel, precision), np.where(rel, precision, 0.0).sum(axis=1))

@@ -109,3 +109,30 @@ def test_retrieval_index_ids_checked_when_known(files):
     assert score_files(files / "ret_sol.csv", files / "ret.csv", index)["scores"]["All"]["queries"] == 2
     with pytest.raises(DataError, match=f"line 2 \\(id {A}\\): 1 unknown index id\\(s\\), e.g. {index[2]}"):
         score_files(files / "ret_sol.csv", files / "ret.csv", index[:2])
+
+
+def test_recognition_parts_are_the_metrics_of_each_part(files):
+    """Matched and ranked once for the three parts: the same figures as the metrics run part by part."""
+    from landmark_kit.metrics import global_average_precision, top1_accuracy
+    from landmark_kit.submission import read_recognition, read_solution
+
+    solution = read_solution(files / "rec_sol.csv")
+    pred = read_recognition(files / "rec.csv")
+    scores = score_files(files / "rec_sol.csv", files / "rec.csv")["scores"]
+    for part, truth in (("Public", solution.public), ("Private", solution.private), ("All", solution.all)):
+        mine = pred[pred["id"].isin(list(truth))]
+        assert scores[part]["GAP"] == global_average_precision(mine, truth)
+        assert scores[part]["GAP_landmarks_only"] == global_average_precision(mine, truth, True)
+        assert scores[part]["top1"] == top1_accuracy(mine, truth)
+
+
+def test_retrieval_solution_of_other_ids_takes_the_general_reader(files):
+    """A ground-truth id that is not a Kaggle id sends the solution to read_solution (ids compared as text):
+    the same figures as a solution of Kaggle ids only, which the uint64 reader takes."""
+    i1, i2, i3 = (f"{i:016x}" for i in range(100, 103))
+    for name, other in (("kaggle", i2), ("text", "not-a-kaggle-id")):
+        pd.DataFrame({"id": [A, B, C], "images": [f"{i1} {other}", i3, ""], "Usage": ["Public", "Private", "Ignored"]}
+                     ).to_csv(files / f"{name}.csv", index=False)
+    kaggle = score_files(files / "kaggle.csv", files / "ret.csv")["scores"]
+    assert kaggle["Public"]["mAP@100"] == pytest.approx(0.5 / 2)
+    assert score_files(files / "text.csv", files / "ret.csv")["scores"] == kaggle
