@@ -6,19 +6,18 @@ import os
 from typing import Any, Collection, Iterable, Mapping
 
 import numpy as np
-import pandas as pd
 
 from .data import DataError
 from .metrics import EncodedRetrieval, _hex_ids, recognition_parts, retrieval_per_query, summarise_retrieval
 from .submission import (
     RECOGNITION,
     RETRIEVAL,
-    USAGES,
     Solution,
     detect_track,
     read_recognition,
     read_retrieval_encoded,
     read_solution,
+    solution_columns,
 )
 
 PARTS = ("Public", "Private", "All")
@@ -65,15 +64,10 @@ def _retrieval_truth(path: str | os.PathLike) -> tuple[set[str], EncodedRetrieva
     ``Solution.all``) with their ground truth as uint64, and which of them are Public. None for any other
     file and for one that breaks a rule: :func:`read_solution` reads it, or names the problem. Accepts
     exactly what its fast reader accepts, less the ids that are not Kaggle ids."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError):
+    columns = solution_columns(path)
+    if columns is None:
         return None
-    if df.shape[1] < 3 or df.columns[2].strip() != "Usage":
-        return None
-    ids, images, usage = (df.iloc[:, i] for i in range(3))
-    if ids.duplicated().any() or not usage.isin(USAGES).all():
-        return None
+    ids, images, usage = columns
     usage = usage.to_numpy(dtype=object)
     public = np.flatnonzero(usage == "Public")
     order = np.concatenate([public, np.flatnonzero(usage == "Private")])
