@@ -49,6 +49,12 @@ class Estimate:
         return self.interval(level)[0] > 0
 
 
+def format_interval(est: Estimate, level: float = 0.95) -> str:
+    """``0.8439 [0.7758, 0.9007]``: an estimate with its interval."""
+    lo, hi = est.interval(level)
+    return f"{est.value:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
 def format_delta(delta: Estimate, level: float = 0.95) -> str:
     """``+0.0123 [+0.0040, +0.0210]``: a difference with its interval."""
     lo, hi = delta.interval(level)

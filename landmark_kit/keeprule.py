@@ -28,7 +28,7 @@ import pandas as pd
 from .artifacts import atomic_write_csv, write_text
 from .ensemble import EnsembleConfig, load_ensemble
 from .folders import DISTRACTOR, collect, plan_items
-from .intervals import Bootstrap, Estimate
+from .intervals import Bootstrap, Estimate, format_delta, format_interval
 from .predict import PredictConfig
 from .ledger import machine, markdown_table
 from .recipes import load_recipe, save_recipe, to_dict
@@ -138,16 +138,6 @@ def rule_table(a: dict, b: dict, winners: set | frozenset = frozenset()) -> pd.D
     return pd.DataFrame(rows)
 
 
-def _delta(est: Estimate) -> str:
-    lo, hi = est.interval(0.95)
-    return f"{est.value:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-
-
-def _interval(est: Estimate) -> str:
-    lo, hi = est.interval(0.95)
-    return f"{est.value:.4f} [{lo:.4f}, {hi:.4f}]"
-
-
 def _changes(cfg: PredictConfig, start: PredictConfig) -> str:
     """The settings where ``cfg`` differs from ``start``, dotted (``local.max_keypoints=2000``)."""
     def flat(prefix: str, value):
@@ -178,10 +168,11 @@ def transfer_table(a: Half, b: Half, space: SearchSpace, full: PredictConfig, wo
         recipe = tuned_recipe(tune_on, space, workdir)
         (gap, mp), (s_gap, s_mp), (f_gap, f_mp) = (score_on.score(c) for c in (recipe, start, full))
         rows.append({"tuned on": f"half {tune_on.name}", "scored on": f"half {score_on.name}",
-                     "tuned recipe (changes from the start)": _changes(recipe, start), "GAP": _interval(gap),
-                     "mAP@100": _interval(mp), "delta GAP vs start": _delta(gap - s_gap),
-                     "delta mAP@100 vs start": _delta(mp - s_mp), "delta GAP vs full.yaml": _delta(gap - f_gap),
-                     "delta mAP@100 vs full.yaml": _delta(mp - f_mp)})
+                     "tuned recipe (changes from the start)": _changes(recipe, start),
+                     "GAP": format_interval(gap), "mAP@100": format_interval(mp),
+                     "delta GAP vs start": format_delta(gap - s_gap), "delta mAP@100 vs start": format_delta(mp - s_mp),
+                     "delta GAP vs full.yaml": format_delta(gap - f_gap),
+                     "delta mAP@100 vs full.yaml": format_delta(mp - f_mp)})
     return pd.DataFrame(rows)
 
 
@@ -199,7 +190,7 @@ def measure(folder, workdir, ensemble: EnsembleConfig, space: SearchSpace, full:
     da, db = candidate_deltas(a, space), candidate_deltas(b, space)
     winners = winners_steps(space, full)
     candidates = pd.DataFrame([{"option": o, "candidate": c, "winners' step": "yes" if (o, c) in winners else "",
-                                "gain on half a": _delta(da[(o, c)]), "gain on half b": _delta(db[(o, c)])}
+                                "gain on half a": format_delta(da[(o, c)]), "gain on half b": format_delta(db[(o, c)])}
                                for o, c in da if (o, c) in db])
     halves_are = (f"`{folder}` cut into two halves of different photos (a: {a.queries[0]} recognition, "
                   f"{a.queries[1]} retrieval queries; b: {b.queries[0]}, {b.queries[1]}), each tuned every photo "

@@ -21,7 +21,7 @@ import pandas as pd
 from .artifacts import atomic_write_csv, write_text
 from .ablation import member_rows
 from .ensemble import load_ensemble, run_ensemble
-from .intervals import Bootstrap, Estimate, format_delta
+from .intervals import Bootstrap, format_delta, format_interval
 from .ledger import machine, markdown_table
 from .predict import PredictConfig, load_run
 from .recipes import load_recipe
@@ -29,11 +29,6 @@ from .submission import read_solution
 from .tuning import load_space, score_recipe, tune
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _interval(est: Estimate) -> str:
-    lo, hi = est.interval()
-    return f"{est.value:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
 def transfer(tune_root, apply_root, workdir, ensemble_path, search_path, full_recipe) -> pd.DataFrame:
@@ -62,9 +57,10 @@ def transfer(tune_root, apply_root, workdir, ensemble_path, search_path, full_re
     rows = []
     _, full_gap, full_map = results[-2]
     for name, gap, mp in results:
-        rows.append({"method": name, "GAP": _interval(gap), f"delta GAP vs {best_gap[0]}": format_delta(gap - best_gap[1]),
-                     "delta GAP vs full.yaml": format_delta(gap - full_gap),
-                     "mAP@100": _interval(mp), f"delta mAP@100 vs {best_map[0]}": format_delta(mp - best_map[2]),
+        rows.append({"method": name, "GAP": format_interval(gap),
+                     f"delta GAP vs {best_gap[0]}": format_delta(gap - best_gap[1]),
+                     "delta GAP vs full.yaml": format_delta(gap - full_gap), "mAP@100": format_interval(mp),
+                     f"delta mAP@100 vs {best_map[0]}": format_delta(mp - best_map[2]),
                      "delta mAP@100 vs full.yaml": format_delta(mp - full_map)})
     frame = pd.DataFrame(rows)
     atomic_write_csv(frame, workdir / "transfer.csv")

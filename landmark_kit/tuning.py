@@ -32,7 +32,7 @@ import pandas as pd
 from .artifacts import atomic_write_csv, write_text
 from .data import DataError
 from .ensemble import EnsembleConfig, joined_features, run_ensemble
-from .intervals import Bootstrap, Estimate
+from .intervals import Bootstrap, Estimate, format_delta, format_interval
 from .photofolder import PHOTO_SPLIT, extract_every_photo, is_kaggle_layout, own_rows, working_copy
 from .predict import PredictConfig, RunData, check_config, load_run, recognition_steps, retrieval_steps
 from .ledger import machine, markdown_table
@@ -104,16 +104,6 @@ def load_space(path: str | os.PathLike | None) -> SearchSpace:
     return space
 
 
-def _interval(est: Estimate, level: float) -> str:
-    lo, hi = est.interval(level)
-    return f"{est.value:.4f} [{lo:.4f}, {hi:.4f}]"
-
-
-def _delta(est: Estimate, level: float) -> str:
-    lo, hi = est.interval(level)
-    return f"{est.value:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-
-
 def _describe(overrides: dict[str, Any]) -> str:
     def flat(prefix: str, value: Any):
         if isinstance(value, dict):
@@ -135,11 +125,11 @@ class Tables:
         """One candidate: its scores on V, its paired deltas against the current choice, the gain it was
         judged by (one of the deltas, or their mean for ensemble weights)."""
         gap, mp = scores
-        row = {"stage": stage, "candidate": candidate, "judged on": judged, "GAP": _interval(gap, self.level),
-               "mAP@100": _interval(mp, self.level),
-               "delta GAP": _delta(deltas[0], self.level) if deltas else "",
-               "delta mAP@100": _delta(deltas[1], self.level) if deltas else "",
-               "gain": _delta(gain, self.level) if gain is not None else "", "kept": kept}
+        row = {"stage": stage, "candidate": candidate, "judged on": judged, "GAP": format_interval(gap, self.level),
+               "mAP@100": format_interval(mp, self.level),
+               "delta GAP": format_delta(deltas[0], self.level) if deltas else "",
+               "delta mAP@100": format_delta(deltas[1], self.level) if deltas else "",
+               "gain": format_delta(gain, self.level) if gain is not None else "", "kept": kept}
         self.rows.append(row)
         return row
 
